@@ -1,0 +1,22 @@
+# The two commands that matter: `make demo` (whole pipeline on the bundled data) and `make test`.
+# Each runs scripts/setup.sh first, which installs what is missing and skips what is current.
+PY := .venv/bin/python
+export GX_ANALYTICS_ENABLED := false
+export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
+
+.PHONY: setup demo test bench accuracy airflow-setup clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m jobs.cli demo
+
+test: setup
+	bash scripts/run_tests.sh
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf lake spark-warehouse metastore_db derby.log .pytest_cache

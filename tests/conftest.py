@@ -1,0 +1,26 @@
+"""One session-scoped local Spark session over a throw-away lake, shared by every Spark test."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory):
+    from conf.settings import Settings
+
+    base = Settings().with_lake(str(tmp_path_factory.mktemp("lake")))
+    return replace(base, spark=replace(base.spark, master="local[2]", shuffle_partitions=2, driver_memory="3g"))
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from conf.spark import get_spark
+
+    session = get_spark(settings, app_name="infnet-tests")
+    yield session
+    session.stop()
