@@ -121,3 +121,14 @@ QUARANTINE_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),
     T.StructField("ingested_at", T.TimestampType(), False),
 ])
+
+# Any table with this contract can be scored (the demo builds it from logged impressions).
+CANDIDATES_SCHEMA = T.StructType([
+    T.StructField("request_id", T.StringType(), False),
+    T.StructField("impression_id", T.StringType(), True),  # set when the candidate was logged
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("video_id", T.LongType(), False),
+    T.StructField("request_time_ms", T.LongType(), False),
+    T.StructField("tab", T.IntegerType(), True),
+    T.StructField("date", T.DateType(), False),
+])

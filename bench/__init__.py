@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run as ``python -m bench.<name>``; never imported by the product."""

@@ -1,0 +1,338 @@
+"""Accuracy on real data: every registry model (INFNet included) and a LightGBM bar, 3 seeds each.
+
+    python -m bench.accuracy --lake /tmp/trainlake            # full run
+    python -m bench.accuracy --lake /tmp/trainlake --quick    # 1 seed, 1 epoch, 3 models
+
+Split (bundled KuaiRand days): train 2022-04-25..05-01, valid 05-02 (early stopping: mean valid
+AUC over click / like / long_view), test 05-03..05-04. INFNet.md's LightGBM bar was trained on
+..05-02 and tested on 05-03..04; here 05-02 is taken out of training for early stopping, for
+every arm alike (the LightGBM arm included), and the test days are never used to choose anything.
+
+Prints and writes (``bench/results/accuracy.md``, raw numbers in ``accuracy.json``) one table:
+test AUC and gAUC per task, mean ± std over seeds, MTL mean AUC, parameters, inference time per
+1,000 examples (forward pass in batches of 1,000 on this machine's CPU, user side not reused) and
+training throughput. The examples are read once from the pinned Delta snapshot into memory
+tensors (built batch by batch from Arrow, see model/data.py) and shared by every arm.
+
+``--external`` adds torch-rechub's MMoE / PLE when that package is importable (an optional bench
+dependency, never imported by the product); it is skipped with a note otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TASKS = ("click", "like", "long_view")
+TRAIN, VALID, TEST = "2022-04-25..2022-05-01", "2022-05-02", "2022-05-03..2022-05-04"
+RESULTS = Path(__file__).resolve().parent / "results"
+ABLATIONS = {
+    "infnet-no-task-tokens": {"use_task_tokens": False},
+    "infnet-no-pgu": {"use_pgu": False},
+    "infnet-no-cross-attention": {"use_cross_attention": False},
+}
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    runs: list[dict[str, Any]] = field(default_factory=list)  # one per seed
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def load_splits(lake: str, version: int | None, splits: dict[str, list[str]]):
+    """(spec, examples version, {split: tensors}) read from the pinned snapshot; Spark is stopped after."""
+    from conf.lake import current_version
+    from conf.settings import Settings
+    from conf.spark import get_spark
+    from conf.tables import EXAMPLES
+    from features.examples import load_feature_spec
+    from model.data import load_tensors, resolve_snapshot
+
+    settings = Settings().with_lake(lake)
+    spark = get_spark(settings, app_name="infnet-bench-accuracy")
+    try:
+        version = current_version(spark, settings, EXAMPLES) if version is None else version
+        spec = load_feature_spec(spark, settings, version)
+        path = settings.lake.table_path(EXAMPLES.name)
+        snapshots = {s: resolve_snapshot(spark, path, version, d) for s, d in splits.items()}
+    finally:
+        spark.stop()
+    return spec, version, {s: load_tensors(snap, spec) for s, snap in snapshots.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ms_per_1000(model: torch.nn.Module, tensors: dict[str, torch.Tensor], rows: int = 20_000) -> float:
+    from model.data import model_inputs, slice_batch
+
+    model.eval()
+    n = min(rows, len(tensors["cat"]))
+    model(model_inputs(slice_batch(tensors, slice(0, 1000))))  # warm-up
+    start = time.perf_counter()
+    for s in range(0, n, 1000):
+        model(model_inputs(slice_batch(tensors, slice(s, min(s + 1000, n)))))
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, seeds, train_config) -> ArmResult:
+    from model.data import TensorBatches
+    from model.train import build_and_train
+
+    result = ArmResult(arm)
+    for seed in seeds:
+        config = replace(train_config, seed=seed)
+        train = TensorBatches(data["train"], config.batch_size, shuffle=True, seed=seed)
+        valid = TensorBatches(data["valid"], 4096)
+        test = TensorBatches(data["test"], 4096)
+        start = time.perf_counter()
+        out = build_and_train(model_name, spec, train, valid, test, config, model_config)
+        m = out.metrics
+        run = {"seed": seed, "test": m["test"], "valid_mtl_auc": m["valid"]["mtl_auc"], "parameters": m["parameters"],
+               "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+               "train_examples_per_s": m["train_examples_per_s"], "seconds": time.perf_counter() - start,
+               "ms_per_1000": ms_per_1000(out.model, data["test"])}
+        print(f"  {arm} seed {seed}: test mean AUC {m['test']['mtl_auc']:.4f} (valid {m['valid']['mtl_auc']:.4f}, "
+              f"best epoch {m['best_epoch']}, {run['seconds']:.0f} s)", flush=True)
+        result.runs.append(run)
+    return result
+
+
+def lightgbm_features(spec, tensors) -> tuple[np.ndarray, list[str]]:
+    """Categorical columns as they are + each sequence's length (number of non-padding items)."""
+    cat = tensors["cat"].numpy()
+    lengths = (tensors["seq"] > 0).sum(-1).numpy()
+    names = [c.column for c in spec.categorical] + [f"len_{s.name}" for s in spec.sequences]
+    return np.concatenate([cat, lengths], axis=1).astype(np.float32), names
+
+
+def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000) -> ArmResult:
+    """One LightGBM classifier per task; fields with at most ``max_categories`` buckets are categorical,
+    hashed ids (and bucketised numbers above that size) are numeric. Early stopping on the valid days."""
+    try:
+        import lightgbm as lgb
+    except ImportError:
+        return ArmResult("lightgbm", note="lightgbm is not installed")
+    from evaluation.metrics import auc_np, gauc_np
+
+    x, names = {}, None
+    for s in ("train", "valid", "test"):
+        x[s], names = lightgbm_features(spec, data[s])
+    categorical = [c.column for c in spec.categorical if c.vocab_size <= max_categories]
+    task_index = {t.name: i for i, t in enumerate(spec.tasks)}
+    result = ArmResult("lightgbm", note=f"{len(names)} features: categorical fields ({len(categorical)} as categorical) + sequence lengths")
+    for seed in seeds:
+        run = {"seed": seed, "test": {}, "parameters": None, "train_examples_per_s": None}
+        start = time.perf_counter()
+        preds_time = 0.0
+        aucs = []
+        for task in TASKS:
+            i = task_index[task]
+            masks = {s: data[s]["mask"][:, i].numpy() > 0 for s in x}
+            labels = {s: data[s]["label"][:, i].numpy() for s in x}
+            train = lgb.Dataset(x["train"][masks["train"]], labels["train"][masks["train"]], feature_name=names,
+                                categorical_feature=categorical, free_raw_data=False)
+            valid = lgb.Dataset(x["valid"][masks["valid"]], labels["valid"][masks["valid"]], reference=train)
+            params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05, "num_leaves": 63,
+                      "min_data_in_leaf": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
+                      "seed": seed, "verbose": -1, "num_threads": 2, "cat_smooth": 10}
+            booster = lgb.train(params, train, num_boost_round=2000, valid_sets=[valid],
+                                callbacks=[lgb.early_stopping(50, verbose=False)])
+            t0 = time.perf_counter()
+            p = booster.predict(x["test"][masks["test"]], num_iteration=booster.best_iteration)
+            preds_time += time.perf_counter() - t0
+            users = data["test"]["user_id"].numpy()[masks["test"]]
+            y = labels["test"][masks["test"]]
+            auc = float(auc_np(y, p))
+            run["test"][task] = {"auc": auc, "gauc": float(gauc_np(users, y, p).value)}
+            aucs.append(auc)
+        run["test"]["mtl_auc"] = float(np.mean(aucs))
+        run["seconds"] = time.perf_counter() - start
+        run["ms_per_1000"] = preds_time / len(x["test"]) * 1e6  # three boosters, one per task
+        print(f"  lightgbm seed {seed}: test mean AUC {run['test']['mtl_auc']:.4f} ({run['seconds']:.0f} s)", flush=True)
+        result.runs.append(run)
+    return result
+
+
+def run_external_arms() -> list[ArmResult]:
+    """torch-rechub / deepctr-torch MMoE and PLE on the same features, when importable."""
+    notes = []
+    for package in ("torch_rechub", "deepctr_torch"):
+        try:
+            __import__(package)
+        except ImportError:
+            notes.append(f"{package} not installed")
+            continue
+        notes.append(f"{package} is importable but no adapter is written yet (see the report)")
+    return [ArmResult("external MMoE/PLE", note="skipped: " + "; ".join(notes))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------
+
+def _mean_std(values: list[float], digits: int = 4) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def render_table(arms: list[ArmResult]) -> str:
+    head = (["model"] + [f"{t} AUC" for t in TASKS] + [f"{t} gAUC" for t in TASKS]
+            + ["MTL AUC", "params", "ms / 1k ex", "train ex/s"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        if not arm.runs:
+            lines.append("| " + arm.arm + " | " + " | ".join(["–"] * (len(head) - 1)) + " |")
+            continue
+        r = arm.runs
+        cells = [arm.arm]
+        cells += [_mean_std([x["test"][t]["auc"] for x in r]) for t in TASKS]
+        cells += [_mean_std([x["test"][t]["gauc"] for x in r]) for t in TASKS]
+        cells.append(_mean_std([x["test"]["mtl_auc"] for x in r]))
+        cells.append(f"{r[0]['parameters']:,}" if r[0].get("parameters") else "–")
+        cells.append(_mean_std([x["ms_per_1000"] for x in r], 1))
+        eps = [x["train_examples_per_s"] for x in r if x.get("train_examples_per_s")]
+        cells.append(f"{statistics.mean(eps):,.0f}" if eps else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {a.arm}: {a.note}" for a in arms if a.note]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def render_report(arms, header: dict[str, Any]) -> str:
+    lines = ["# Accuracy on the bundled KuaiRand days", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", render_table(arms), "",
+              "INFNet.md bar (LightGBM, 65 point-in-time features, trained ..05-02): test AUC click .7353, "
+              "like .8304, long_view .7331, mean .7663 (gAUC .6330 / .6291 / .6515).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench.accuracy", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--lake", required=True, help="a lake whose examples table holds the KuaiRand days")
+    p.add_argument("--examples-version", type=int, help="Delta version of examples (default: current)")
+    p.add_argument("--models", help="comma list of registry names (default: all) plus ablation arm names")
+    p.add_argument("--ablations", action="store_true", help="add INFNet without task tokens / PGU / cross-attention")
+    p.add_argument("--seeds", default="1,2,3", help="comma list of seeds (default 1,2,3)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                   help="model config override, e.g. infnet.d=64 (repeatable)")
+    p.add_argument("--no-lightgbm", action="store_true")
+    p.add_argument("--external", action="store_true", help="torch-rechub / deepctr-torch MMoE and PLE if importable")
+    p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
+    p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
+    return p
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        model, _, field_name = key.partition(".")
+        if not field_name:
+            raise SystemExit(f"--config expects MODEL.KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(model, {})[field_name] = value
+    return out
+
+
+def main(argv=None) -> int:
+    from model.registry import MODEL_NAMES
+    from model.train import TrainConfig
+
+    args = build_parser().parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    epochs = args.epochs
+    if args.quick:
+        seeds, epochs = seeds[:1], 1
+    names = args.models.split(",") if args.models else (["infnet", "mmoe"] if args.quick else list(MODEL_NAMES))
+    if args.ablations:
+        names += [a for a in ABLATIONS if a not in names]
+    unknown = [n for n in names if n not in MODEL_NAMES and n not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; known: {', '.join(MODEL_NAMES + tuple(ABLATIONS))}")
+    overrides = parse_overrides(args.config)
+
+    from jobs.common import parse_dates
+
+    splits = {"train": parse_dates(TRAIN), "valid": parse_dates(VALID), "test": parse_dates(TEST)}
+    t0 = time.perf_counter()
+    spec, version, data = load_splits(args.lake, args.examples_version, splits)
+    rows = {s: len(t["cat"]) for s, t in data.items()}
+    print(f"examples@{version}: {rows} rows, {len(spec.categorical)} categorical fields, "
+          f"{len(spec.sequences)} sequences of {[s.max_len for s in spec.sequences]} "
+          f"(loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
+    train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                               progress=False)
+    header = {
+        "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
+        "examples": f"Delta version {version} of {args.lake}/tables/examples; rows {rows}",
+        "split": f"train {TRAIN}, valid {VALID} (early stopping, taken out of train), test {TEST}",
+        "training": f"Adam lr {args.lr}, batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
+                    f"(mean valid AUC), seeds {seeds}, registry default configs {overrides or ''}",
+        "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+                   f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "date": dt.date.today().isoformat(),
+    }
+    arms: list[ArmResult] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def flush() -> None:
+        out.write_text(render_report(arms, header))
+        out.with_suffix(".json").write_text(json.dumps(
+            {"header": header, "arms": [a.__dict__ for a in arms]}, indent=1, default=float))
+
+    if not args.no_lightgbm:
+        print("lightgbm", flush=True)
+        arms.append(run_lightgbm_arm(spec, data, seeds))
+        flush()
+    for name in names:
+        model_name, config = (("infnet", dict(ABLATIONS[name])) if name in ABLATIONS else (name, {}))
+        config.update(overrides.get(name, {}))
+        print(name, flush=True)
+        arms.append(run_torch_arm(name, model_name, config, spec, data, seeds, train_config))
+        flush()
+    if args.external:
+        arms.extend(run_external_arms())
+        flush()
+    print()
+    print(render_table(arms))
+    print(f"\nwritten to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Scoring benchmarks, every ratio measured side by side in one run (issue 4).
+
+1. Spark (``mapInArrow`` and ``mapInPandas`` on ``local[T]``) vs the same model called directly
+   in one Python process with ``T`` torch threads, over the same synthetic featurised candidates
+   (goal: Spark >= 0.8x direct).
+2. User-side reuse vs naive, ``--per-request`` candidates per request (goal >= 3x).
+3. INFNet vs MMoE vs PLE scoring cost on the same candidates.
+
+Candidates are synthetic rows with the real feature spec's shape (``features.examples.build_spec``):
+the point here is the scoring path, not the feature build. Usage::
+
+    .venv/bin/python -m bench.scoring            # 1M candidates
+    .venv/bin/python -m bench.scoring --quick    # 100k candidates
+    .venv/bin/python -m bench.scoring --device cuda   # on a GPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from conf.settings import Settings
+from features.examples import build_spec
+from features.spec import FeatureSpec
+from model.predict import get_predictor
+from model.registry import build_model
+from model.scoring import ScoringSettings, make_batch_scorer, output_schema_ddl, score_record_batch
+from model.store import save_model
+
+PASSTHROUGH = ["request_id", "impression_id"]
+
+
+def synthetic_candidates(spec: FeatureSpec, n_rows: int, per_request: int, seed: int = 0) -> pa.Table:
+    """``n_rows`` featurised candidates, ``per_request`` per request sharing one user side."""
+    rng = np.random.default_rng(seed)
+    n_requests = -(-n_rows // per_request)
+    request_of_row = np.repeat(np.arange(n_requests), per_request)[:n_rows]
+    cols: dict[str, pa.Array] = {
+        "request_id": pa.array(np.char.add("r", request_of_row.astype(str))),
+        "impression_id": pa.array(np.char.add("i", np.arange(n_rows).astype(str))),
+    }
+    for field in spec.categorical:
+        per = n_requests if field.side == "user" else n_rows
+        values = rng.integers(0, field.vocab_size, per, dtype=np.int32)
+        cols[field.column] = pa.array(values[request_of_row] if field.side == "user" else values)
+    for s in spec.sequences:
+        lengths = rng.integers(0, s.max_len + 1, n_requests)[request_of_row]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        items = rng.integers(1, s.vocab_size, offsets[-1], dtype=np.int32)
+        gaps = np.abs(rng.normal(8, 2, offsets[-1])).astype(np.float32)
+        cols[s.column] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(items))
+        cols[s.gap_column] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(gaps))
+    return pa.table(cols)
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def direct(store: str, ref: str, table: pa.Table, batch_rows: int, reuse: bool, device: str) -> float:
+    """Rows/s of the model called in this process over the same Arrow batches."""
+    predictor = get_predictor(store, ref, device)
+    batches = table.to_batches(max_chunksize=batch_rows)
+    score_record_batch(predictor, batches[0], reuse_user_side=reuse)  # warm-up
+    t0 = time.perf_counter()
+    for b in batches:
+        score_record_batch(predictor, b, reuse_user_side=reuse)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return rate(table.num_rows, time.perf_counter() - t0)
+
+
+def spark_rate(spark, path: str, n_rows: int, store: str, ref: str, spec: FeatureSpec, udf: str,
+               batch_rows: int, device: str) -> float:
+    df = spark.read.parquet(path)
+    scorer = make_batch_scorer(store, ref, PASSTHROUGH, ScoringSettings(batch_rows=batch_rows, udf=udf, device=device))
+    ddl = output_schema_ddl(spec, PASSTHROUGH)
+    mapped = df.mapInPandas(scorer, ddl) if udf == "pandas" else df.mapInArrow(scorer, ddl)
+    mapped.limit(1).collect()  # warm-up: starts workers and loads the model once each
+    t0 = time.perf_counter()
+    mapped.write.format("noop").mode("overwrite").save()
+    return rate(n_rows, time.perf_counter() - t0)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100k rows")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="Spark tasks = torch threads")
+    parser.add_argument("--per-request", type=int, default=100)
+    parser.add_argument("--batch-rows", type=int, default=1024)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-spark", action="store_true")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep our lines in order with the JVM's output
+    n_rows = 100_000 if args.quick else args.rows
+
+    spec = build_spec(Settings())
+    work = tempfile.mkdtemp(prefix="bench-scoring-")
+    store = os.path.join(work, "models")
+    for name in ("infnet", "mmoe", "ple"):
+        save_model(store, name, build_model(name, spec, seed=0), spec, architecture=name)
+    table = synthetic_candidates(spec, n_rows, args.per_request)
+    path = os.path.join(work, "candidates.parquet")
+    pq.write_table(table, path, row_group_size=max(n_rows // (4 * args.threads), 1024))
+    print(f"{n_rows:,} synthetic candidates, {args.per_request}/request, spec with {len(spec.categorical)} "
+          f"categorical fields and {len(spec.sequences)} sequences of {spec.sequences[0].max_len}; "
+          f"batch {args.batch_rows} rows, device {args.device}, {args.threads} threads")
+
+    torch.set_num_threads(args.threads)
+    results: dict[str, float] = {}
+    results["direct reuse"] = direct(store, "infnet@1", table, args.batch_rows, True, args.device)
+    results["direct naive"] = direct(store, "infnet@1", table, args.batch_rows, False, args.device)
+    print(f"\n[reuse] INFNet in one process: user-side reuse {results['direct reuse']:,.0f} rows/s, "
+          f"naive {results['direct naive']:,.0f} rows/s -> {results['direct reuse'] / results['direct naive']:.2f}x "
+          "(goal >= 3x)")
+
+    print("\n[models] direct, user-side reuse, rows/s and cost relative to INFNet:")
+    for name in ("infnet", "mmoe", "ple"):
+        r = results["direct reuse"] if name == "infnet" else direct(store, f"{name}@1", table, args.batch_rows,
+                                                                    True, args.device)
+        params = sum(p.numel() for p in get_predictor(store, f"{name}@1", args.device).model.parameters())
+        print(f"  {name:<7} {r:>10,.0f} rows/s   {results['direct reuse'] / r:5.2f}x INFNet's time per row   "
+              f"{params:,} params")
+
+    if args.skip_spark:
+        return
+    from dataclasses import replace
+
+    from conf.spark import get_spark
+
+    base = Settings().with_lake(os.path.join(work, "lake"))
+    settings = replace(base, spark=replace(base.spark, master=f"local[{args.threads}]",
+                                           arrow_batch_rows=args.batch_rows))
+    spark = get_spark(settings, "bench-scoring")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(os.path.getsize(path) // (2 * args.threads), 1 << 20)))
+    print(f"\n[spark] local[{args.threads}] vs the same model in one process with {args.threads} torch threads:")
+    for udf in ("arrow", "pandas"):
+        r = spark_rate(spark, path, n_rows, store, "infnet@1", spec, udf, args.batch_rows, args.device)
+        print(f"  map{'InArrow' if udf == 'arrow' else 'InPandas'}: {r:,.0f} rows/s -> "
+              f"{r / results['direct reuse']:.2f}x direct (goal >= 0.8x)")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

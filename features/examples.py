@@ -1,0 +1,206 @@
+"""The examples table: one row per impression, every feature of the spec, labels and masks.
+
+:func:`build_features` is the single featuriser. Training calls it through :func:`build_examples`
+with the log as both the rows to featurise and the events; scoring calls it with candidate rows as
+queries and the log as events. Both therefore get the same code, the same hashing and the same
+point-in-time cut (events with ``time_ms`` strictly below the query's), so there is no train/serve
+skew.
+
+The spec (:func:`build_spec`) is derivable from settings alone; the ``build_features`` job stores
+it with the Delta version it writes (commit ``userMetadata``, table property and
+``<lake>/feature_specs/examples/v<version>.json``) and :func:`load_feature_spec` returns the spec
+that holds for any version of the table.
+
+>>> from conf.settings import Settings
+>>> spec = build_spec(Settings())
+>>> spec.feature_columns[:2], spec.sequences[0].column, len(spec.categorical)
+(['cat_user_id', 'cat_user_active_degree'], 'seq_click', 54)
+>>> example_columns(spec)[:5]
+['impression_id', 'user_id', 'video_id', 'time_ms', 'date']
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from conf.settings import FeatureSettings, Settings
+from conf.tables import EXAMPLES
+from features.categorical import AUTHOR_COL, DURATION_EDGES_S, LOCAL_TZ_OFFSET_MS, add_categorical, categorical_fields
+from features.labels import TASKS, label_columns
+from features.sequences import add_sequences, sequence_fields
+from features.spec import FeatureSpec
+from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, stat_fields
+
+SPEC_FINGERPRINT_KEY = "feature_spec_fingerprint"
+SPEC_PROPERTY = "infnet.feature_spec_fingerprint"
+QUERY_COLUMNS = ("user_id", "video_id", "time_ms")  # required on query rows (tab, date optional)
+EVENT_COLUMNS = ("user_id", "video_id", "time_ms", "is_click", "long_view", "is_like")
+
+
+def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
+    return settings.features if isinstance(settings, Settings) else settings
+
+
+def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
+    """The feature spec for these settings (fields in column order), no data needed."""
+    fs = _fs(settings)
+    return FeatureSpec(
+        categorical=categorical_fields(fs) + stat_fields(fs),
+        sequences=sequence_fields(fs),
+        tasks=TASKS,
+        hash_seed=fs.hash_seed,
+        sequence_order="newest_first",
+        extra={
+            "hash": "1 + pmod(xxhash64(seed, field_name, cast(value as string)), vocab - 1); 0 = null/unseen",
+            "time_zone": f"UTC+{LOCAL_TZ_OFFSET_MS // 3_600_000} for hour/weekday",
+            "duration_edges_s": list(DURATION_EDGES_S),
+            "count_buckets": f"1 + floor(log2(1 + n)) capped at {COUNT_BUCKETS - 1}",
+            "rate": f"(pos + prior * {fs.rate_prior_strength}) / (n + {fs.rate_prior_strength}), "
+                    f"bucketed evenly in logit over {list(LOGIT_RANGE)}",
+            "rate_priors": RATE_PRIORS,
+            "point_in_time": "events with time_ms strictly less than the row's time_ms",
+            "sequence_gap": "log1p(seconds to the row); history items use history.last_time_ms",
+        },
+    )
+
+
+def example_columns(spec: FeatureSpec) -> list[str]:
+    return [*spec.key_columns, *spec.feature_columns, *spec.label_columns]
+
+
+def _require(df: DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing} (has {df.columns})")
+
+
+def build_features(
+    queries: DataFrame,
+    events: DataFrame,
+    users: DataFrame,
+    videos: DataFrame,
+    history: DataFrame,
+    settings: Settings | FeatureSettings,
+) -> DataFrame:
+    """Featurise ``queries`` from what happened strictly before each row's ``time_ms``.
+
+    ``queries``: rows to featurise, at least ``user_id, video_id, time_ms`` (plus ``tab``; any other
+    column, e.g. ``impression_id`` / ``request_id`` / ``date`` / labels, is passed through).
+    ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``).
+    ``users`` / ``videos`` / ``history``: the bronze dimension tables.
+    Returns the query columns followed by every feature column of :func:`build_spec`, in order.
+    """
+    fs = _fs(settings)
+    _require(queries, QUERY_COLUMNS, "queries")
+    _require(events, EVENT_COLUMNS, "events")
+    if "tab" not in queries.columns:
+        queries = queries.withColumn("tab", F.lit(None).cast("int"))
+    passthrough = list(queries.columns)
+    ev = events.select(*EVENT_COLUMNS)
+    ev_author = ev.join(
+        videos.select(F.col("video_id").alias("_e_video_id"), F.col("author_id").alias("_e_author_id")),
+        F.col("video_id") == F.col("_e_video_id"), "left",
+    ).drop("_e_video_id")
+    rows = add_categorical(queries, users, videos, fs)
+    rows = add_entity_stats(rows, ev, "video_id", "video", fs)
+    rows = add_entity_stats(rows, ev_author, AUTHOR_COL, "author", fs, event_key="_e_author_id")
+    rows = add_entity_stats(rows, ev, "user_id", "user", fs)
+    rows = add_sequences(rows, ev, history, fs)
+    spec = build_spec(fs)
+    return rows.select(*passthrough, *spec.feature_columns)
+
+
+def build_examples(
+    log: DataFrame,
+    users: DataFrame,
+    videos: DataFrame,
+    history: DataFrame,
+    settings: Settings | FeatureSettings,
+    dates: Sequence[str] | None = None,
+) -> tuple[DataFrame, FeatureSpec]:
+    """One row per impression of ``log`` (restricted to ``dates`` when given), keys + features +
+    labels + masks in :func:`example_columns` order, and the spec describing them.
+
+    ``log`` is bronze_log (``impression_id``, ``date`` as DateType, the raw columns). Every earlier
+    event of ``log`` is visible to the featurised rows, so pass the log up to the last date, not
+    just the dates to build.
+    """
+    spec = build_spec(settings)
+    queries = log
+    events = log
+    if dates:
+        wanted = [dt.date.fromisoformat(d) for d in dates]
+        queries = log.where(F.col("date").isin(*wanted))
+        # events after the last wanted day are never visible; one day of slack for the time zone
+        events = log.where(F.col("date") <= F.lit(max(wanted) + dt.timedelta(days=1)))
+    labelled = queries.select(*spec.key_columns, "tab", *label_columns())
+    featured = build_features(labelled, events, users, videos, history, settings)
+    return featured.select(*example_columns(spec)), spec
+
+
+# -- the spec stored with the table ---------------------------------------------------------------
+
+def feature_spec_path(settings: Settings, version: int) -> str:
+    return f"{settings.lake.feature_specs.rstrip('/')}/{EXAMPLES.name}/v{int(version)}.json"
+
+
+def _hadoop_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def save_feature_spec(spark: SparkSession, settings: Settings, spec: FeatureSpec, version: int) -> str:
+    """Write the spec JSON for table version ``version`` (any Hadoop filesystem); returns the path."""
+    path = feature_spec_path(settings, version)
+    p, fs = _hadoop_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(spec.to_json().encode("utf-8")))
+    finally:
+        out.close()
+    return path
+
+
+def spec_commits(spark: SparkSession, settings: Settings) -> list[tuple[int, str]]:
+    """(version, fingerprint) of every examples commit that carries a spec, oldest first."""
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, settings.lake.table_path(EXAMPLES.name)).history()
+    found = []
+    for row in history.select("version", "userMetadata").collect():
+        if row["userMetadata"]:
+            try:
+                meta = json.loads(row["userMetadata"])
+            except ValueError:
+                continue
+            if isinstance(meta, dict) and SPEC_FINGERPRINT_KEY in meta:
+                found.append((int(row["version"]), str(meta[SPEC_FINGERPRINT_KEY])))
+    return sorted(found)
+
+
+def load_feature_spec(spark: SparkSession, settings: Settings, version: int | None = None) -> FeatureSpec:
+    """The feature spec that describes ``examples`` at Delta ``version`` (default: current).
+
+    It is the spec of the latest spec-carrying commit at or before ``version``; its fingerprint is
+    checked against that commit's metadata so a hand-edited JSON cannot slip through.
+    """
+    from conf.lake import current_version
+
+    target = current_version(spark, settings, EXAMPLES) if version is None else int(version)
+    commits = [(v, fp) for v, fp in spec_commits(spark, settings) if v <= target]
+    if not commits:
+        raise FileNotFoundError(f"no feature spec stored for {EXAMPLES.name} at or before version {target}; "
+                                "run `infnet build_features` first")
+    spec_version, fingerprint = commits[-1]
+    path = feature_spec_path(settings, spec_version)
+    text = "\n".join(r[0] for r in spark.read.text(path, wholetext=True).collect())
+    spec = FeatureSpec.from_json(text)
+    if spec.fingerprint() != fingerprint:
+        raise ValueError(f"{path} has fingerprint {spec.fingerprint()}, but commit {spec_version} "
+                         f"of {EXAMPLES.name} recorded {fingerprint}")
+    return spec

@@ -1,0 +1,38 @@
+"""Task labels and masks of the examples table.
+
+``label_click``, ``label_like``, ``label_long_view``: int 0/1 from the log's ``is_click``,
+``is_like``, ``long_view``; ``label_play_time = log1p(play_time_ms / 1000)`` (float, seconds) as a
+regression target; ``mask_<task> = 1.0`` for every task (every logged impression observes every
+label; the masks exist so later sources with partial labels fit the same contract).
+
+>>> [t.column for t in TASKS]
+['label_click', 'label_like', 'label_long_view', 'label_play_time']
+"""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from features.spec import TaskField
+
+TASKS = (
+    TaskField("click"), TaskField("like"), TaskField("long_view"), TaskField("play_time", kind="regression"),
+)
+BINARY_SOURCES = {"click": "is_click", "like": "is_like", "long_view": "long_view"}
+
+
+def label_columns() -> list[Column]:
+    """Label and mask expressions over log columns, in spec order (label, mask per task)."""
+    cols: list[Column] = []
+    for task in TASKS:
+        if task.kind == "binary":
+            label = F.col(BINARY_SOURCES[task.name]).cast("int")
+        else:
+            label = F.log1p(F.greatest(F.col("play_time_ms"), F.lit(0)) / 1000.0).cast("float")
+        cols += [label.alias(task.column), F.lit(1.0).cast("float").alias(task.mask_column)]
+    return cols
+
+
+def add_labels(log: DataFrame) -> DataFrame:
+    """Log rows + label and mask columns."""
+    return log.select("*", *label_columns())

@@ -1,0 +1,111 @@
+"""Offline A/B report: compare two scored model versions on the same candidates.
+
+``infnet ab_report --control NAME@VERSION --treatment NAME@VERSION --dates a..b`` pairs the two
+arms on (request_id, video_id), attaches labels from ``examples``, and computes per task and metric
+the control and treatment values, delta, relative delta, 95 % CI and p-value from a paired
+bootstrap over users, plus top-K replay metrics (evaluation/ab.py). Writes the ``ab_reports`` table
+(a rerun of the same control, treatment and dates replaces its ``report_id``) and
+``<lake>/reports/ab/<report_id>/report.html`` + ``summary.md``, then prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.evaluate import known_tasks, parse_model_ref, read_model_scores
+
+log = logging.getLogger("infnet.ab_report")
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(v) for v in value.split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {value!r}") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"K must be >= 1: {value!r}")
+    return ks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("ab_report", __doc__.splitlines()[0])
+    parser.add_argument("--control", type=parse_model_ref, required=True, help="A: NAME@VERSION")
+    parser.add_argument("--treatment", type=parse_model_ref, required=True, help="B: NAME@VERSION")
+    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
+                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of users (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--k", dest="ks", type=_int_list, default=(5, 10), help="top-K cut-offs (default 5,10)")
+    parser.add_argument("--max-rows", type=int, default=2_000_000,
+                        help="most labelled rows collected to the driver for the bootstrap (default 2M)")
+    return parser
+
+
+def dates_label(dates: list[str]) -> str:
+    """``a..b`` for a contiguous range, else the comma list."""
+    import datetime as dt
+
+    days = [dt.date.fromisoformat(d) for d in dates]
+    contiguous = all((b - a).days == 1 for a, b in zip(days, days[1:]))
+    return f"{dates[0]}..{dates[-1]}" if contiguous and len(dates) > 1 else ",".join(dates)
+
+
+def write_text(spark, path: str, text: str) -> None:
+    """Write a small text file to a local path or any Hadoop filesystem URI."""
+    if "://" not in path or path.startswith("file:"):
+        local = Path(path.removeprefix("file://").removeprefix("file:"))
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(text, encoding="utf-8")
+        return
+    jvm = spark._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def body(spark, settings, args) -> None:
+    from conf.lake import read_table, write_table
+    from conf.tables import AB_REPORTS, EXAMPLES
+    from evaluation.ab import ABConfig, ABInputError, ab_report_rows, ab_report_schema, report_id_for, run_ab
+    from evaluation.report import render_html, render_markdown
+
+    if args.n_boot < 1:
+        raise JobError("--n-boot must be >= 1")
+    control_scores, _ = read_model_scores(spark, settings, args.control, args.dates)
+    treatment_scores, _ = read_model_scores(spark, settings, args.treatment, args.dates)
+    tasks = known_tasks(set(control_scores.columns) & set(treatment_scores.columns))
+    config = ABConfig(n_boot=args.n_boot, seed=args.seed, ks=args.ks, max_rows=args.max_rows)
+    label = dates_label(args.dates)
+    try:
+        result = run_ab(control_scores, treatment_scores, read_table(spark, settings, EXAMPLES), tasks,
+                        str(args.control), str(args.treatment), label, config)
+    except ABInputError as err:
+        raise JobError(f"cannot compare {args.control} with {args.treatment} on {label}: {err}") from None
+
+    report_id = report_id_for(str(args.control), str(args.treatment), args.dates)
+    rows = spark.createDataFrame(ab_report_rows(result, report_id), ab_report_schema())
+    version = write_table(rows, settings, AB_REPORTS, {"report_id": report_id},
+                          user_metadata={"job": "ab_report", "report_id": report_id})
+    folder = f"{settings.lake.reports.rstrip('/')}/ab/{report_id}"
+    markdown = render_markdown(result)
+    write_text(spark, f"{folder}/report.html", render_html(result))
+    write_text(spark, f"{folder}/summary.md", markdown)
+    log.info("ab_report %s: %d rows (table version %d), %d matched candidates",
+             report_id, len(result.table), version, result.counts.matched_rows)
+    print(markdown)
+    print(f"report: {folder}/report.html")
+
+
+def main(argv=None) -> int:
+    return run_job(build_parser(), body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

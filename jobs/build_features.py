@@ -1,0 +1,100 @@
+"""Build the examples table (categorical, sequence, statistical, task features) from bronze.
+
+For each requested date, every impression becomes one row featurised from the events strictly
+before it (all earlier dates of bronze_log are read, plus the pre-window history). The dates are
+replaced in `examples` (Delta replaceWhere); without --date the whole table is rebuilt.
+
+The feature spec is stored with the Delta version written: in the commit's userMetadata
+(fingerprint), as table property infnet.feature_spec_fingerprint and as
+<lake>/feature_specs/examples/v<version>.json (features.examples.load_feature_spec reads it back).
+A partial rebuild with settings that change the spec is refused: rebuild all dates instead.
+
+example:  infnet build_features --date 2022-05-04 --lake /tmp/lake
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from jobs.common import JobError, base_parser, parse_dates, run_job
+
+log = logging.getLogger("infnet.build_features")
+
+
+def build_parser():
+    parser = base_parser("build_features", __doc__)
+    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates,
+                        help="date(s) to (re)build: YYYY-MM-DD, a comma list or a range a..b "
+                             "(default: every date in bronze_log, rebuilding the whole table)")
+    parser.add_argument("--seq-len", type=int, help="override FeatureSettings.seq_len (changes the spec)")
+    return parser
+
+
+def _stored_fingerprint(spark, settings) -> str | None:
+    from delta.tables import DeltaTable
+
+    from conf.lake import table_exists
+    from conf.tables import EXAMPLES
+    from features.examples import SPEC_PROPERTY
+
+    if not table_exists(spark, settings, EXAMPLES):
+        return None
+    detail = DeltaTable.forPath(spark, settings.lake.table_path(EXAMPLES.name)).detail().first()
+    return (detail["properties"] or {}).get(SPEC_PROPERTY)
+
+
+def body(spark, settings, args) -> None:
+    from dataclasses import replace
+
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table, sql_literal, write_table
+    from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, EXAMPLES
+    from features.examples import (SPEC_FINGERPRINT_KEY, SPEC_PROPERTY, build_examples, build_spec,
+                                   save_feature_spec, spec_commits)
+
+    if args.seq_len:
+        settings = replace(settings, features=replace(settings.features, seq_len=args.seq_len))
+    started = time.time()
+    bronze = read_table(spark, settings, BRONZE_LOG)
+    counts = {str(r["date"]): int(r["n"]) for r in bronze.groupBy("date").agg(F.count(F.lit(1)).alias("n")).collect()}
+    if not counts:
+        raise JobError("bronze_log is empty: run `infnet ingest` first")
+    full = not args.dates
+    dates = sorted(counts) if full else args.dates
+    missing = [d for d in dates if d not in counts]
+    if missing:
+        raise JobError(f"bronze_log has no rows for {missing}: run `infnet ingest --dates {missing[0]}..{missing[-1]}` first")
+    spec = build_spec(settings)
+    fingerprint = spec.fingerprint()
+    stored = _stored_fingerprint(spark, settings)
+    if not full and stored is not None and stored != fingerprint:
+        raise JobError(f"examples were built with feature spec {stored}, these settings give {fingerprint}; "
+                       "rebuild every date (omit --date) to change the spec")
+    examples, spec = build_examples(
+        bronze, read_table(spark, settings, BRONZE_USERS), read_table(spark, settings, BRONZE_VIDEOS),
+        read_table(spark, settings, BRONZE_HISTORY), settings, dates=None if full else dates,
+    )
+    predicate = None if full else "date IN (" + ", ".join(f"DATE {sql_literal(d)}" for d in dates) + ")"
+    meta = {SPEC_FINGERPRINT_KEY: fingerprint, "dates": ",".join(dates), "job": "build_features"}
+    write_table(examples, settings, EXAMPLES, predicate, user_metadata=meta, properties={SPEC_PROPERTY: fingerprint})
+    data_version = spec_commits(spark, settings)[-1][0]
+    path = save_feature_spec(spark, settings, spec, data_version)
+    written = read_table(spark, settings, EXAMPLES, version=data_version)
+    per_date = {str(r["date"]): int(r["n"]) for r in written.where(F.col("date").isin(*dates))
+                .groupBy("date").agg(F.count(F.lit(1)).alias("n")).collect()}
+    expected = {d: counts[d] for d in dates}
+    if per_date != expected:
+        bad = {d: (per_date.get(d, 0), expected[d]) for d in dates if per_date.get(d, 0) != expected[d]}
+        raise JobError(f"examples row counts differ from bronze_log (written, expected): {bad}")
+    print(f"build_features: {sum(per_date.values())} rows for {len(dates)} date(s) {dates[0]}..{dates[-1]} "
+          f"-> examples v{data_version}, spec {fingerprint} at {path} ({time.time() - started:.0f}s)")
+
+
+def main(argv=None) -> int:
+    return run_job(build_parser(), body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Run the whole pipeline end to end on the bundled KuaiRand data (what ``make demo`` does).
+
+ingest -> quality gate (bronze) -> build_features -> quality gate (examples) -> train INFNet and
+MMoE on the first days -> build candidates for the held-back days -> score them with both models
+-> evaluate both -> A/B report (control MMoE, treatment INFNet). Every step is the same job a user
+runs by hand or Airflow schedules, called in one process so the Spark session is reused.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+from jobs.common import base_parser, parse_dates, run_job
+
+log = logging.getLogger("infnet.demo")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The date split of the bundled data (INFNet.md "The bar on our own data")."""
+
+    all_dates: str = "2022-04-25..2022-05-04"
+    train_dates: str = "2022-04-25..2022-05-01"
+    valid_dates: str = "2022-05-02"
+    test_dates: str = "2022-05-03..2022-05-04"
+    control: str = "mmoe"
+    treatment: str = "infnet"
+
+
+def build_parser():
+    parser = base_parser("demo", __doc__.splitlines()[0])
+    parser.add_argument("--source-dir", help="folder with the raw KuaiRand files (default: the bundled copy)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: train's)")
+    parser.add_argument("--max-users", type=int, default=None,
+                        help="keep only users with user_id < N (a fast smoke run; default: all users)")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the A/B report")
+    return parser
+
+
+def steps(args, plan: DemoPlan) -> list[tuple[str, list[str]]]:
+    common = ["--lake", args.lake] if args.lake else []
+    if args.master:
+        common += ["--master", args.master]
+    ingest = ["--dates", plan.all_dates] + (["--source-dir", args.source_dir] if args.source_dir else [])
+    if args.max_users:
+        ingest += ["--max-users", str(args.max_users)]
+    train_common = ["--train-dates", plan.train_dates, "--valid-dates", plan.valid_dates,
+                    "--test-dates", plan.test_dates] + (["--epochs", str(args.epochs)] if args.epochs else [])
+    out: list[tuple[str, list[str]]] = [
+        ("ingest", ingest),
+        ("quality_gate", ["--table", "bronze_log", "--dates", plan.all_dates]),
+        ("build_features", ["--dates", plan.all_dates]),
+        ("quality_gate", ["--table", "examples", "--dates", plan.all_dates]),
+    ]
+    for model in (plan.control, plan.treatment):
+        out.append(("train", ["--model", model, *train_common]))
+    out.append(("build_candidates", ["--dates", plan.test_dates]))
+    for model in (plan.control, plan.treatment):
+        out.append(("score", ["--model", model, "--dates", plan.test_dates]))
+        out.append(("evaluate", ["--model", model, "--dates", plan.test_dates]))
+    out.append(("ab_report", ["--control", plan.control, "--treatment", plan.treatment,
+                              "--dates", plan.test_dates, "--n-boot", str(args.n_boot)]))
+    return [(job, flags + common) for job, flags in out]
+
+
+def run_demo(argv=None, plan: DemoPlan = DemoPlan()) -> int:
+    import importlib
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parse_dates(plan.all_dates)  # validates the plan
+    started = time.time()
+    for job, flags in steps(args, plan):
+        log.info("demo step: infnet %s %s", job, " ".join(flags))
+        t0 = time.time()
+        rc = importlib.import_module(f"jobs.{job}").main(flags)
+        if rc != 0:
+            print(f"demo: step `infnet {job}` failed (exit {rc}); stopping", file=sys.stderr)
+            return rc
+        log.info("demo step %s done in %.0f s", job, time.time() - t0)
+    log.info("demo finished in %.0f s", time.time() - started)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_demo(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Train a model from the examples table into the model store.
+
+Pins ``examples`` at one Delta version (``--examples-version``, default: the current one) so the
+run is reproducible, streams the train / valid / test dates from that snapshot's Parquet files
+(model/data.py), trains with early stopping on the validation days' mean AUC (model/train.py),
+evaluates the test days, and stores weights + configs + feature spec + Delta version + date split
++ metrics as the next version of ``--name`` (model/store.py). Prints ``name@version``.
+
+Example:
+    infnet train --model infnet --config d=64 --config n_blocks=2 \\
+        --train-dates 2022-04-25..2022-05-01 --valid-dates 2022-05-02 --test-dates 2022-05-03..2022-05-04
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from jobs.common import JobError, base_parser, parse_dates, run_job
+
+log = logging.getLogger("infnet.train")
+
+
+def parse_key_value(value: str) -> tuple[str, object]:
+    """``d=64`` -> ("d", 64); values are JSON when they parse (numbers, lists, true), else strings."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("train", __doc__.splitlines()[0])
+    parser.epilog = "\n".join(__doc__.splitlines()[2:])
+    parser.add_argument("--model", required=True, help="registry name: infnet, mmoe, ple, ...")
+    parser.add_argument("--name", help="model store name (default: the --model name)")
+    parser.add_argument("--config", action="append", type=parse_key_value, default=[], metavar="KEY=VALUE",
+                        help="model config field (repeatable), e.g. --config d=64")
+    parser.add_argument("--train-dates", type=parse_dates, required=True, help="date, list or range a..b")
+    parser.add_argument("--valid-dates", type=parse_dates, required=True, help="early-stopping dates")
+    parser.add_argument("--test-dates", type=parse_dates, help="held-out dates evaluated once at the end")
+    parser.add_argument("--examples-version", type=int, help="Delta version of examples (default: current)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--patience", type=int)
+    parser.add_argument("--eval-every-steps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto (default) | cpu | cuda")
+    parser.add_argument("--task-weight", action="append", type=parse_key_value, default=[], metavar="TASK=W",
+                        help="loss weight of a task (repeatable), default 1")
+    parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    return parser
+
+
+def train_config_from_args(args):
+    from model.train import TrainConfig
+
+    flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
+             "dropout": args.dropout, "patience": args.patience, "eval_every_steps": args.eval_every_steps,
+             "seed": args.seed, "device": args.device}
+    values = {k: v for k, v in flags.items() if v is not None}
+    values["task_weights"] = {k: float(v) for k, v in args.task_weight}
+    values["uncertainty_weighting"] = args.uncertainty_weighting
+    values["progress"] = not args.no_progress
+    return TrainConfig(**values)
+
+
+def check_split(splits: dict[str, list[str]]) -> None:
+    seen: dict[str, str] = {}
+    for split, dates in splits.items():
+        for d in dates:
+            if d in seen:
+                raise JobError(f"date {d} is in both the {seen[d]} and the {split} dates: the splits must not overlap")
+            seen[d] = split
+
+
+def body(spark, settings, args) -> None:
+    from conf.lake import current_version, table_exists
+    from conf.tables import EXAMPLES
+    from features.examples import load_feature_spec
+    from model.data import ArrowBatches, SnapshotError, resolve_snapshot
+    from model.registry import MODEL_NAMES
+    from model.store import save_model
+    from model.train import build_and_train
+
+    if args.model not in MODEL_NAMES:
+        raise JobError(f"unknown model {args.model!r}; known: {', '.join(MODEL_NAMES)}")
+    if not table_exists(spark, settings, EXAMPLES):
+        raise JobError("the examples table does not exist: run `infnet build_features` first")
+    splits = {"train": args.train_dates, "valid": args.valid_dates, "test": args.test_dates or []}
+    check_split(splits)
+    latest = current_version(spark, settings, EXAMPLES)
+    version = latest if args.examples_version is None else args.examples_version
+    if not 0 <= version <= latest:
+        raise JobError(f"examples has versions 0..{latest}; --examples-version {version} does not exist")
+    spec = load_feature_spec(spark, settings, version)
+    path = settings.lake.table_path(EXAMPLES.name)
+    try:
+        snapshots = {s: resolve_snapshot(spark, path, version, d) for s, d in splits.items() if d}
+    except SnapshotError as err:
+        raise JobError(str(err)) from None
+    config = train_config_from_args(args)
+    log.info("examples@%d: %s", version, ", ".join(f"{s} {snap.num_rows} rows" for s, snap in snapshots.items()))
+    batches = {s: ArrowBatches(snap, spec, config.batch_size, shuffle=(s == "train"), seed=config.seed,
+                               shuffle_buffer_rows=config.shuffle_buffer_rows, drop_last=False)
+               for s, snap in snapshots.items()}
+    try:
+        result = build_and_train(args.model, spec, batches["train"], batches["valid"], batches.get("test"),
+                                 config, dict(args.config))
+    except ValueError as err:  # bad config field, unknown task weight
+        raise JobError(str(err)) from None
+    info = save_model(
+        settings, args.name or args.model, result.model, spec, architecture=args.model,
+        model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
+        date_split=splits, metrics=result.metrics,
+        extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()}},
+    )
+    print(format_metrics(result.metrics))
+    print(info.ref)
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small text table: task, valid AUC, test AUC, test gAUC."""
+    lines = [f"{'task':<12}{'valid AUC':>10}{'test AUC':>10}{'test gAUC':>10}"]
+    valid, test = metrics.get("valid") or {}, metrics.get("test") or {}
+    for task, v in valid.items():
+        if isinstance(v, dict) and "auc" in v:
+            t = test.get(task, {})
+            lines.append(f"{task:<12}{v['auc']:>10.4f}{t.get('auc', float('nan')):>10.4f}{t.get('gauc', float('nan')):>10.4f}")
+    lines.append(f"{'mean':<12}{valid.get('mtl_auc', float('nan')):>10.4f}{test.get('mtl_auc', float('nan')):>10.4f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    return run_job(build_parser(), body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""What the MLP-style baselines share: one config base and the pooled field-embedding input.
+
+Input of Shared-Bottom, MMoE, PLE, DCNv2 and DeepFM: ``M + F`` field embeddings of width
+``embed_dim`` — the ``M`` categorical fields (one table per field, like INFNet) and one vector per
+behaviour sequence, the masked mean of its item embeddings (plus the same learned gap signal as
+INFNet). The user part (user fields and pooled sequences) is computed once per user.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from features.spec import FeatureSpec
+from model.base import RankingModel, UserState
+from model.layers import CategoricalEmbedding, GapSignal, SequenceEmbedding, masked_mean
+
+
+@dataclass
+class BaselineConfig:
+    """Fields every baseline has (the sizes a control arm of an A/B report runs with by default)."""
+
+    embed_dim: int = 16  # width of every field embedding
+    cat_table_width: int | None = None  # width of a categorical table the spec gives none for (None: embed_dim)
+    gap_signal: GapSignal = "mlp"  # learned gap projection added to sequence items | "linear" | "none"
+    tower_hidden: tuple[int, ...] = (64,)  # per-task tower
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists: normalise every tuple-typed field back.
+        for name, value in vars(self).items():
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+
+
+class PooledInputModel(RankingModel):
+    """Base of the baselines reading ``[B, M + F, embed_dim]`` field embeddings; subclasses
+    implement :meth:`predict`."""
+
+    def __init__(self, spec: FeatureSpec, config: BaselineConfig):
+        super().__init__(spec, config)
+        e = config.embed_dim
+        self.cat_embedding = CategoricalEmbedding(spec.categorical, e, config.cat_table_width)
+        self.seq_embedding = SequenceEmbedding(spec.sequences, e, config.gap_signal) if spec.sequences else None
+        self.n_fields = len(spec.categorical) + len(spec.sequences)
+        self.input_dim = self.n_fields * e
+
+    def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
+        cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
+        if self.seq_embedding is None:
+            pooled = cat_user.new_zeros((cat_user.shape[0], 0, self.config.embed_dim))
+        else:
+            tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])
+            pooled = masked_mean(tokens, mask, dim=2)  # [U, F, e]
+        return {"cat_user": cat_user, "seq_pooled": pooled}
+
+    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
+        fields = torch.cat([self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"]),
+                            user_rows["seq_pooled"]], dim=1)
+        return self.predict(fields, cat, user_rows)
+
+    def predict(self, fields: Tensor, cat: Tensor, user_rows: UserState) -> Tensor:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,314 @@
+"""INFNet: a task-aware information flow network (Kuaishou, arXiv 2508.11565), per ``INFNET.md``.
+
+Tokens of width ``d``: categorical ``C`` (one table per field, projected to ``d``), sequence ``S``
+(one table per behaviour type, plus a learned projection of the time gap) and one task token per
+real task ``T`` (``N(0, 0.02)``). Proxies: ``C~ = Reshape(phi_cat(Flatten(C)))`` (``m`` tokens),
+``S~`` (row ``a`` = masked sum over ``t`` of ``phi_seq(s_{a,t})``), ``T~`` (``N_s`` shared task
+tokens). One block::
+
+    C~' = CA(C~, S, S) + CA(C~, T, T)        C' = PGU(C, C~)
+    S~' = CA(S~, C, C) + CA(S~, T, T)        S' = PGU(S, S~)
+    T~' = CA(T~, C, C) + CA(T~, S, S)        T' = PGU(T^, T~)
+    T^  = CA(T,  C, C) + CA(T,  S, S)        PGU(X, X~) = X * sigmoid(MLP(Flatten(X~)))
+
+Each update is ``LayerNorm(x + Dropout(f))`` by default (``residual`` / ``layernorm`` switch the two
+parts); for a PGU, ``f`` is the gated ``X``. Every query side is a proxy or a task token, so a
+block costs ``O((m + F + N_s + N_task) (M + L) d)``: linear in the sequence length. Task ``i``
+predicts from its own final task token with its own MLP head.
+
+Open choices of the spec (all in :class:`INFNetConfig`, spec default first): the PGU gate reads
+the layer-``l`` proxy (``gate_source="layer"``) or the updated one (``"updated"``); ``residual``
+on/off; ``layernorm`` on/off; 2 heads; proxies carried to the next block are the updated ones.
+Ablations: ``use_task_tokens=False`` (no ``T``; every head reads the mean of the final proxies),
+``use_pgu=False`` (``C``, ``S`` unchanged, ``T' = T^``), ``use_cross_attention=False`` (every
+``CA`` becomes a masked mean of ``V W_V``: information still flows, without attention).
+
+Nothing is computed (or parametrised) that the heads do not depend on: :func:`plan_block` walks
+back from the heads. In the last block that leaves ``T^`` and its gate. A consequence of the
+spec's own defaults worth knowing: with ``gate_source="layer"`` and 2 blocks, ``C~'`` and ``S~'``
+of block 1 feed only block 2's ``C`` / ``S`` updates, which nothing reads, so the categorical and
+sequence proxies act only as layer-0 gates (their cross-attentions exist from 3 blocks, or with
+``gate_source="updated"``). Without PGU the proxies influence nothing at all and are not built.
+
+User-side reuse: ``S``, ``S~`` and the block-1 keys/values of ``S`` depend only on the user; with
+``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so block-2
+keys/values of ``S`` are cached too (all blocks' when ``use_pgu=False``).
+
+>>> import torch
+>>> from features.spec import demo_spec
+>>> from model.base import random_batch
+>>> spec = demo_spec(seq_len=5)
+>>> torch.manual_seed(0) and None
+>>> model = INFNet(spec, INFNetConfig(d=16, n_blocks=2)).eval()
+>>> batch = random_batch(spec, batch_size=3)
+>>> out = model(batch)
+>>> out.shape, model.task_kinds
+(torch.Size([3, 4]), ('binary', 'binary', 'binary', 'regression'))
+>>> state = model.encode_user({"cat_user": batch["cat"][:1, :2], "seq": batch["seq"][:1], "seq_gap": batch["seq_gap"][:1]})
+>>> sorted(state)
+['cat_user', 'seq_kv_0', 'seq_kv_1', 'seq_mask', 'seq_proxy']
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from features.spec import FeatureSpec
+from model.base import RankingModel, UserState
+from model.layers import (
+    MLP,
+    CategoricalEmbedding,
+    GapSignal,
+    MultiHeadCrossAttention,
+    SequenceEmbedding,
+    TaskTowers,
+    fused_kv,
+    masked_mean,
+    masked_sum,
+    project_kv_fused,
+)
+
+
+@dataclass
+class INFNetConfig:
+    """Every open choice of ``INFNET.md`` with the spec's default, plus the ablation switches."""
+
+    d: int = 32  # token width
+    n_heads: int = 2  # heads per cross-attention
+    n_blocks: int = 2  # N
+    n_cat_proxies: int = 4  # m
+    n_shared_task_tokens: int = 2  # N_s
+    cat_table_width: int | None = None  # width of a categorical table the spec gives none for (None: d)
+    cat_proxy_hidden: int = 256  # hidden width of phi_cat: R^{M d} -> R^{m d}
+    seq_proxy_pooling: Literal["sum", "mean"] = "sum"  # S~ rows: masked sum (spec) | mean
+    gap_signal: GapSignal = "mlp"  # learned projection of log1p(gap) added to sequence tokens | "none"
+    gate_source: Literal["layer", "updated"] = "layer"  # PGU reads the layer-l proxy | the updated one
+    residual: bool = True  # x + f(x) around each update
+    layernorm: bool = True  # LayerNorm after each update
+    gate_hidden: int = 64  # hidden width of the PGU's MLP(Flatten(X~))
+    head_hidden: tuple[int, ...] = (64,)  # per-task MLP head
+    dropout: float = 0.1
+    task_token_std: float = 0.02  # N(0, 0.02) init of task and shared task tokens
+    use_task_tokens: bool = True  # ablation "without task tokens"
+    use_pgu: bool = True  # ablation "without PGU"
+    use_cross_attention: bool = True  # ablation "without cross-attention"
+
+    def __post_init__(self) -> None:
+        self.head_hidden = tuple(self.head_hidden)
+        if self.d % self.n_heads:
+            raise ValueError(f"d={self.d} must be divisible by n_heads={self.n_heads}")
+        if min(self.n_blocks, self.n_cat_proxies, self.n_shared_task_tokens) < 1:
+            raise ValueError("n_blocks, n_cat_proxies and n_shared_task_tokens must be >= 1")
+        if self.gate_source not in ("layer", "updated"):
+            raise ValueError(f"gate_source must be 'layer' or 'updated', not {self.gate_source!r}")
+        if self.seq_proxy_pooling not in ("sum", "mean"):
+            raise ValueError(f"seq_proxy_pooling must be 'sum' or 'mean', not {self.seq_proxy_pooling!r}")
+
+
+STREAMS = ("C", "S", "T", "Cp", "Sp", "Tp")  # tokens and proxies (p = "~")
+_PROXY_OF = {"C": "Cp", "S": "Sp", "T": "Tp"}
+# Each cross-attention is named <query>_<keys>: cp = C~, sp = S~, tp = T~, t = T; keys c, s, t = C, S, T.
+_ATTENTIONS_OF = {"Cp": ("cp_s", "cp_t"), "Sp": ("sp_c", "sp_t"), "Tp": ("tp_c", "tp_s"), "T": ("t_c", "t_s")}
+_KEYS = {"c": "C", "s": "S", "t": "T"}
+
+
+def plan_block(cfg: INFNetConfig, needed_out: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Which streams a block must compute for ``needed_out``, and which inputs that reads.
+
+    Liveness, backwards from the heads, so that nothing is computed (or parametrised) that no
+    output depends on. A proxy at a block's output is always its updated value; ``C`` / ``S``
+    pass through unchanged without PGU; ``T`` is always recomputed (``T^``, then its PGU).
+    Note what this implies for the spec's defaults (``gate_source="layer"``, 2 blocks): the
+    updated ``C~'`` / ``S~'`` of block 1 feed only block 2's ``C`` / ``S`` updates, which the
+    heads never read, so the categorical and sequence proxies act only as layer-0 gates.
+    """
+    computes: set[str] = set()
+    needed_in: set[str] = set()
+    for x in ("C", "S", "T"):
+        if x not in needed_out:
+            continue
+        needed_in.add(x)
+        if x == "T":
+            computes.add("T")
+            needed_in |= {"C", "S"}
+        if cfg.use_pgu:
+            computes.add(x)
+            proxy = _PROXY_OF[x]
+            (needed_in if cfg.gate_source == "layer" else computes).add(proxy)
+    computes |= needed_out & {"Cp", "Sp", "Tp"}
+    for proxy in computes & {"Cp", "Sp", "Tp"}:
+        if cfg.residual or cfg.use_cross_attention:  # the proxy is read as residual or as query
+            needed_in.add(proxy)
+        for name in _ATTENTIONS_OF[proxy]:
+            key = _KEYS[name[-1]]
+            if key != "T" or cfg.use_task_tokens:
+                needed_in.add(key)
+    return frozenset(computes), frozenset(needed_in)
+
+
+class INFNetBlock(nn.Module):
+    """One block l -> l+1 over the stream dict ``{C, S, seq_mask, T, Cp, Sp, Tp}``; computes (and
+    owns parameters for) only ``computes`` (see :func:`plan_block`)."""
+
+    def __init__(self, cfg: INFNetConfig, n_seq_types: int, needed_out: frozenset[str]):
+        super().__init__()
+        d = cfg.d
+        self.cfg = cfg
+        self.needed_out = needed_out
+        self.computes, self.needed_in = plan_block(cfg, needed_out)
+        names = [n for stream in ("Cp", "Sp", "Tp", "T") if stream in self.computes
+                 for n in _ATTENTIONS_OF[stream] if n[-1] != "t" or cfg.use_task_tokens]
+        self.ca = nn.ModuleDict({n: MultiHeadCrossAttention(d, cfg.n_heads, cfg.use_cross_attention) for n in names})
+        self.keyed = {k: [n for n in names if n.endswith("_" + k)] for k in ("s", "c", "t")}
+
+        norms = [x for x in ("Cp", "Sp", "Tp", "C", "S") if x in self.computes]
+        if "T" in self.computes:
+            norms += ["T_hat"] + (["T"] if cfg.use_pgu else [])
+        self.norms = nn.ModuleDict({x: nn.LayerNorm(d) if cfg.layernorm else nn.Identity() for x in norms})
+        proxy_tokens = {"C": cfg.n_cat_proxies, "S": n_seq_types, "T": cfg.n_shared_task_tokens}
+        self.gates = nn.ModuleDict({x: MLP(proxy_tokens[x] * d, (cfg.gate_hidden,), d)
+                                    for x in ("C", "S", "T") if x in self.computes and cfg.use_pgu})
+        self.drop = nn.Dropout(cfg.dropout)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _update(self, stream: str, x: Tensor, f: Tensor) -> Tensor:
+        f = self.drop(f)
+        return self.norms[stream](x + f if self.cfg.residual else f)
+
+    def _pgu(self, stream: str, x: Tensor, proxy: Tensor) -> Tensor:
+        """``x * sigmoid(MLP(Flatten(proxy)))``: one d-wide gate per example, broadcast over tokens."""
+        return x * torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
+
+    def seq_kv(self, seq_tokens: Tensor) -> Tensor | None:
+        """Keys/values of ``S`` for every attention of this block that reads ``S`` (one tensor)."""
+        if not self.keyed["s"]:
+            return None
+        return project_kv_fused(seq_tokens, [self.ca[n] for n in self.keyed["s"]])
+
+    def update_seq(self, seq_tokens: Tensor, seq_proxy: Tensor, seq_mask: Tensor) -> Tensor:
+        """``S' = PGU(S, S~)`` (identity when this block passes ``S`` through); padding stays zero."""
+        if "S" not in self.computes:
+            return seq_tokens
+        out = self._update("S", seq_tokens, self._pgu("S", seq_tokens, seq_proxy))
+        return out * seq_mask.unsqueeze(-1).to(out.dtype)
+
+    # -- the block -----------------------------------------------------------------------------
+    def forward(self, st: dict[str, Tensor | None], seq_kv: Tensor | None = None) -> dict[str, Tensor | None]:
+        C, S, smask, T = st["C"], st["S"], st["seq_mask"], st["T"]
+        kv: dict[str, Tensor] = {}
+        if self.keyed["s"]:
+            if seq_kv is None:
+                seq_kv = self.seq_kv(S)
+            kv.update(zip(self.keyed["s"], seq_kv.split([self.ca[n].kv_width for n in self.keyed["s"]], dim=-1)))
+        kv.update(zip(self.keyed["c"], fused_kv(C, [self.ca[n] for n in self.keyed["c"]])))
+        kv.update(zip(self.keyed["t"], fused_kv(T, [self.ca[n] for n in self.keyed["t"]])) if self.keyed["t"] else ())
+
+        def flow(stream: str, query: Tensor) -> Tensor:
+            """Sum of the cross-attentions of ``stream`` (heterogeneous flow)."""
+            total = 0
+            for name in _ATTENTIONS_OF[stream]:
+                if name in self.ca:
+                    total = total + self.ca[name].attend(query, kv[name], smask if name.endswith("_s") else None)
+            return total
+
+        out: dict[str, Tensor | None] = {x: (st[x] if x in self.needed_out else None) for x in STREAMS}
+        out["seq_mask"] = smask
+        for proxy in ("Cp", "Sp", "Tp"):
+            if proxy in self.computes:
+                out[proxy] = self._update(proxy, st[proxy], flow(proxy, st[proxy]))
+        gate_from = st if self.cfg.gate_source == "layer" else out
+        if "C" in self.computes:
+            out["C"] = self._update("C", C, self._pgu("C", C, gate_from["Cp"]))
+        if "S" in self.computes:
+            out["S"] = None if S is None else self.update_seq(S, gate_from["Sp"], smask)
+        if "T" in self.computes:
+            t_hat = self._update("T_hat", T, flow("T", T))
+            out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"])) if self.cfg.use_pgu else t_hat
+        return out
+
+
+class INFNet(RankingModel):
+    """INFNet over a :class:`FeatureSpec`; see the module docstring for the equations."""
+
+    def __init__(self, spec: FeatureSpec, config: INFNetConfig | None = None):
+        config = config or INFNetConfig()
+        super().__init__(spec, config)
+        if not spec.sequences:
+            raise ValueError("INFNet needs at least one behaviour sequence in the feature spec")
+        d, m = config.d, config.n_cat_proxies
+        n_cat, n_seq, n_tasks = len(spec.categorical), len(spec.sequences), len(spec.tasks)
+        self.cat_embedding = CategoricalEmbedding(spec.categorical, d, config.cat_table_width)
+        self.seq_embedding = SequenceEmbedding(spec.sequences, d, config.gap_signal)
+        # Blocks from the last to the first, each told what the next one (or the heads) reads.
+        needed = frozenset({"T"} if config.use_task_tokens else {"Cp", "Sp", "Tp"})
+        blocks = []
+        for _ in range(config.n_blocks):
+            blocks.insert(0, INFNetBlock(config, n_seq, needed))
+            needed = blocks[0].needed_in
+        self.blocks = nn.ModuleList(blocks)
+        self.needed_inputs = needed
+        self.cat_proxy = (MLP(n_cat * d, (config.cat_proxy_hidden,), m * d, config.dropout)  # phi_cat
+                          if "Cp" in needed else None)
+        self.seq_proxy = nn.Linear(d, d) if "Sp" in needed else None  # phi_seq, shared by the behaviour types
+        self.shared_task_tokens = (nn.Parameter(torch.randn(config.n_shared_task_tokens, d) * config.task_token_std)
+                                   if "Tp" in needed else None)
+        self.task_tokens = (nn.Parameter(torch.randn(n_tasks, d) * config.task_token_std)
+                            if config.use_task_tokens else None)
+        self.heads = TaskTowers(d, n_tasks, config.head_hidden, config.dropout)
+        # How many leading blocks read a sequence stream that depends on the user alone: S of
+        # layer 0 does; S' of block l still does if block l passes S through, or gates it with a
+        # user-only proxy (S~ of layer 0, i.e. l = 0 with gate_source="layer").
+        n_user = 1
+        for i, block in enumerate(self.blocks[:-1]):
+            user_only = "S" not in block.computes or (i == 0 and config.gate_source == "layer")
+            if not user_only:
+                break
+            n_user += 1
+        self.n_user_blocks = n_user
+
+    def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
+        """User fields' embeddings, ``S~`` of layer 0, the sequence mask and the keys/values of ``S``
+        for the first ``n_user_blocks`` blocks (``S`` itself when a later block needs it)."""
+        cfg = self.config
+        cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
+        tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])  # [U, F, N, d]
+        seq, seq_mask = tokens.flatten(1, 2), mask.flatten(1)
+        state = {"cat_user": cat_user, "seq_mask": seq_mask}
+        seq_proxy = None
+        if self.seq_proxy is not None:
+            pool = masked_sum if cfg.seq_proxy_pooling == "sum" else masked_mean
+            seq_proxy = state["seq_proxy"] = pool(self.seq_proxy(tokens), mask, dim=2)  # [U, F, d]
+        for i in range(self.n_user_blocks):
+            kv = self.blocks[i].seq_kv(seq)
+            if kv is not None:
+                state[f"seq_kv_{i}"] = kv
+            if i < self.n_user_blocks - 1:  # block i's gate reads a user-only proxy (layer 0 or no PGU)
+                seq = self.blocks[i].update_seq(seq, seq_proxy, seq_mask)
+        if self.n_user_blocks < len(self.blocks):
+            state["seq_tokens"] = seq  # input of the last cached block; it computes the next S
+        return state
+
+    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
+        cfg = self.config
+        C = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, d]
+        b = C.shape[0]
+        st: dict[str, Tensor | None] = {
+            "C": C,
+            "S": None,
+            "seq_mask": user_rows["seq_mask"],
+            "Cp": self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d) if self.cat_proxy is not None else None,
+            "Sp": user_rows.get("seq_proxy"),
+            "Tp": self.shared_task_tokens.unsqueeze(0).expand(b, -1, -1) if self.shared_task_tokens is not None else None,
+            "T": self.task_tokens.unsqueeze(0).expand(b, -1, -1) if self.task_tokens is not None else None,
+        }
+        for i, block in enumerate(self.blocks):
+            if i == self.n_user_blocks - 1:
+                st["S"] = user_rows.get("seq_tokens")
+            st = block(st, user_rows.get(f"seq_kv_{i}"))
+        if st["T"] is not None:
+            return self.heads(st["T"])  # task i reads its own final task token
+        pooled = torch.cat([st["Cp"], st["Sp"], st["Tp"]], dim=1).mean(1)  # "without task tokens"
+        return self.heads(pooled)

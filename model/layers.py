@@ -1,0 +1,362 @@
+"""Building blocks shared by INFNet and the baseline zoo.
+
+Everything here follows the index conventions of :mod:`features.spec`: categorical bucket ``0`` is
+the null/unseen bucket (a valid row of the table, never an error) and sequence id ``0`` is padding,
+which every layer masks (padded positions contribute nothing, and a fully padded sequence yields
+zeros, never NaN).
+
+- :class:`CategoricalEmbedding` — one table per field (per-field width from the spec, projected to
+  the model width), able to embed a subset of the fields (the user side alone, for reuse).
+- :class:`SequenceEmbedding` — per-behaviour-type item tables plus an optional learned projection of
+  the time gap; returns tokens zeroed at padding and the validity mask.
+- :class:`MultiHeadCrossAttention` — ``softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V`` with a key
+  padding mask, split into ``project_kv`` and ``attend`` so that keys/values of tokens that do not
+  depend on the candidate can be computed once per user; :func:`fused_kv` projects one key set for
+  several attentions in one matmul.
+- :class:`TargetAttentionPooling` — DIN's activation unit (candidate-aware weighting of a sequence).
+- :class:`MLP`, :class:`TaskTowers`, :func:`masked_sum`, :func:`masked_mean`.
+
+>>> import torch
+>>> from features.spec import demo_spec
+>>> spec = demo_spec(seq_len=4)
+>>> emb = SequenceEmbedding(spec.sequences, dim=8)
+>>> seq = torch.zeros(2, 3, 4, dtype=torch.long); seq[0, 0, :2] = torch.tensor([5, 7])
+>>> with torch.no_grad():
+...     tokens, mask = emb(seq, torch.zeros(2, 3, 4))
+>>> tokens.shape, int(mask.sum()), float(tokens[1].abs().sum())
+(torch.Size([2, 3, 4, 8]), 2, 0.0)
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from features.spec import CategoricalField, SequenceField
+
+EMBEDDING_INIT_STD = 0.02
+GapSignal = Literal["mlp", "linear", "none"]
+# log1p(seconds) lies in ~[0, 17] (a year is 17.3): dividing keeps the gap encoder's input O(1).
+GAP_SCALE = 10.0
+
+
+def init_embedding_(weight: Tensor, std: float = EMBEDDING_INIT_STD) -> Tensor:
+    with torch.no_grad():
+        return weight.normal_(0.0, std)
+
+
+# =============================================================================================
+# Dense layers
+# =============================================================================================
+
+class MLP(nn.Sequential):
+    """``Linear -> ReLU -> Dropout`` per hidden width, then an optional linear output layer."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        if out_dim is not None:
+            layers.append(nn.Linear(width, out_dim))
+            width = out_dim
+        super().__init__(*layers)
+        self.out_dim = width
+
+
+class TaskTowers(nn.Module):
+    """One MLP tower per task, each ending in one output (a logit or a raw regression value).
+
+    Input ``[B, D]`` (every task reads the same vector) or ``[B, T, D]`` (task ``i`` reads row ``i``);
+    output ``[B, T]``.
+    """
+
+    def __init__(self, in_dim: int, n_tasks: int, hidden: Sequence[int] = (64,), dropout: float = 0.0):
+        super().__init__()
+        self.towers = nn.ModuleList(MLP(in_dim, hidden, 1, dropout) for _ in range(n_tasks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return torch.cat([tower(x) for tower in self.towers], dim=-1)
+        return torch.cat([tower(x[:, i]) for i, tower in enumerate(self.towers)], dim=-1)
+
+
+# =============================================================================================
+# Pooling
+# =============================================================================================
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Sum of ``x`` over ``dim`` where ``mask`` (``x``'s shape without the last axis) is true."""
+    return (x * mask.unsqueeze(-1).to(x.dtype)).sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    """Mean over the valid positions; 0 (not NaN) where none is valid."""
+    count = mask.to(x.dtype).sum(dim).clamp_min(1.0).unsqueeze(-1)
+    return masked_sum(x, mask, dim) / count
+
+
+# =============================================================================================
+# Embeddings
+# =============================================================================================
+
+class CategoricalEmbedding(nn.Module):
+    """One embedding table per categorical field, every field projected to ``out_dim``.
+
+    A field's table width is ``field.embed_dim`` when the spec sets it (and ``use_spec_widths``),
+    else ``default_width`` (``None``: ``out_dim``); a field whose width differs from ``out_dim``
+    gets its own linear projection (spec: "tables may have their own width and are projected").
+    Fields of one width share one physical ``nn.Embedding`` at disjoint row offsets, which is
+    exactly one table per field but one lookup per width group instead of one per field.
+
+    ``forward(cat, fields)`` embeds the columns of ``cat`` as the fields ``fields`` (indices into
+    the spec's categorical list; default all), so the user side can be embedded alone.
+    """
+
+    def __init__(self, fields: Sequence[CategoricalField], out_dim: int, default_width: int | None = None,
+                 use_spec_widths: bool = True):
+        super().__init__()
+        self.n_fields = len(fields)
+        self.out_dim = out_dim
+        widths = [(f.embed_dim if use_spec_widths and f.embed_dim else None) or default_width or out_dim
+                  for f in fields]
+        self.group_widths = sorted(set(widths))
+        group_of, pos_in_group, offsets = [], [], []
+        group_sizes = {w: 0 for w in self.group_widths}
+        group_rows = {w: 0 for w in self.group_widths}
+        for f, w in zip(fields, widths):
+            group_of.append(self.group_widths.index(w))
+            pos_in_group.append(group_sizes[w])
+            offsets.append(group_rows[w])
+            group_sizes[w] += 1
+            group_rows[w] += f.vocab_size
+        self.tables = nn.ModuleList(nn.Embedding(group_rows[w], w) for w in self.group_widths)
+        for t in self.tables:
+            init_embedding_(t.weight)
+        # Per-field projections of the groups narrower/wider than out_dim: [fields in group, w, out].
+        self.proj_weight = nn.ParameterList()
+        self.proj_bias = nn.ParameterList()
+        self._proj_index: list[int] = []
+        for w in self.group_widths:
+            if w == out_dim:
+                self._proj_index.append(-1)
+                continue
+            weight = torch.empty(group_sizes[w], w, out_dim)
+            nn.init.uniform_(weight, -1 / math.sqrt(w), 1 / math.sqrt(w))
+            self._proj_index.append(len(self.proj_weight))
+            self.proj_weight.append(nn.Parameter(weight))
+            self.proj_bias.append(nn.Parameter(torch.zeros(group_sizes[w], out_dim)))
+        self._group_of = group_of
+        self._pos_in_group = pos_in_group
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self._plans: dict[tuple[int, ...], list] = {}
+
+    def _plan(self, fields: tuple[int, ...], device: torch.device) -> tuple[list, Tensor | None]:
+        """Per width group: (group, input columns, row offsets, projection rows), plus the inverse
+        permutation that restores the requested field order (None when already in order).
+        Cached per (fields, device) so a forward pass builds no index tensors."""
+        key = (fields, str(device))
+        plan = self._plans.get(key)
+        if plan is None:
+            def as_tensor(xs: list[int]) -> Tensor:
+                return torch.tensor(xs, dtype=torch.long, device=device)
+
+            groups, order = [], []
+            for g in range(len(self.group_widths)):
+                cols = [k for k, f in enumerate(fields) if self._group_of[f] == g]
+                if not cols:
+                    continue
+                groups.append((g, as_tensor(cols), self.offsets[as_tensor([fields[k] for k in cols])],
+                               as_tensor([self._pos_in_group[fields[k]] for k in cols])))
+                order += cols
+            inverse = sorted(range(len(order)), key=order.__getitem__)
+            plan = (groups, None if inverse == list(range(len(order))) else as_tensor(inverse))
+            self._plans[key] = plan
+        return plan
+
+    def forward(self, cat: Tensor, fields: Sequence[int] | None = None) -> Tensor:
+        """``cat [B, len(fields)]`` bucket ids -> ``[B, len(fields), out_dim]``."""
+        fields = tuple(range(self.n_fields)) if fields is None else tuple(fields)
+        if len(fields) == 0:
+            return torch.zeros((cat.shape[0], 0, self.out_dim), device=cat.device)
+        groups, inverse = self._plan(fields, cat.device)
+        parts = []
+        for g, cols, offsets, positions in groups:
+            e = self.tables[g](cat.index_select(1, cols) + offsets)  # [B, k, w]
+            p = self._proj_index[g]
+            if p >= 0:
+                e = torch.einsum("bkw,kwd->bkd", e, self.proj_weight[p][positions]) + self.proj_bias[p][positions]
+            parts.append(e)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out if inverse is None else out.index_select(1, inverse)
+
+
+class GapEncoder(nn.Module):
+    """A learned projection of the time gap ``log1p(seconds)`` to ``dim`` (added to item tokens).
+
+    ``"mlp"``: ``Linear(1, h) -> SiLU -> Linear(h, dim)`` (can express "recent matters more" in a
+    non-linear way); ``"linear"``: ``Linear(1, dim)``.
+    """
+
+    def __init__(self, dim: int, kind: GapSignal = "mlp", hidden: int = 16):
+        super().__init__()
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        elif kind == "linear":
+            self.net = nn.Linear(1, dim)
+        else:
+            raise ValueError(f"unknown gap signal {kind!r}")
+
+    def forward(self, gap: Tensor) -> Tensor:
+        return self.net((gap / GAP_SCALE).unsqueeze(-1))
+
+
+class SequenceEmbedding(nn.Module):
+    """Behaviour sequences ``[B, F, N]`` (+ gaps) -> tokens ``[B, F, N, dim]`` and mask ``[B, F, N]``.
+
+    One table per behaviour type (``E_a^seq``; stored as one tensor at per-type row offsets), or one
+    ``shared_table`` for every type (DIN shares it with the candidate id). The gap signal, when
+    enabled, is added to the item embedding. Padding (id 0) tokens are exactly zero.
+    """
+
+    def __init__(self, fields: Sequence[SequenceField], dim: int, gap_signal: GapSignal = "mlp",
+                 shared_table: nn.Embedding | None = None):
+        super().__init__()
+        self.dim = dim
+        self.shared_table = shared_table
+        if shared_table is None:
+            offsets = [0]
+            for f in fields[:-1]:
+                offsets.append(offsets[-1] + f.vocab_size)
+            self.table = nn.Embedding(sum(f.vocab_size for f in fields), dim)
+            init_embedding_(self.table.weight)
+            self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long).view(1, -1, 1),
+                                 persistent=False)
+        self.gap = GapEncoder(dim, gap_signal) if gap_signal != "none" else None
+
+    def forward(self, seq: Tensor, gap: Tensor) -> tuple[Tensor, Tensor]:
+        mask = seq > 0
+        if self.shared_table is not None:
+            tokens = self.shared_table(seq)
+        else:
+            tokens = self.table(seq + self.offsets)
+        if self.gap is not None:
+            tokens = tokens + self.gap(gap)
+        return tokens * mask.unsqueeze(-1).to(tokens.dtype), mask
+
+
+# =============================================================================================
+# Attention
+# =============================================================================================
+
+class MultiHeadCrossAttention(nn.Module):
+    """``CA(Q, K, V) = softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V``, ``n_heads`` heads, key padding mask.
+
+    Heads are concatenated (no output projection: the spec's formula has none). Keys/values are
+    projected by :meth:`project_kv` (so they can be cached or fused with other attentions over the
+    same keys) and consumed by :meth:`attend`. ``key_mask`` is ``[B, L]`` bool, true = valid; a
+    query whose keys are all masked gets a zero output (no NaN, forward or backward).
+
+    ``attentive=False`` is the "no cross-attention" ablation: every valid key gets the same
+    weight (masked mean of ``V W_V``), so there is no ``W_Q`` / ``W_K`` at all.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 2, attentive: bool = True):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.dim, self.n_heads, self.head_dim, self.attentive = dim, n_heads, dim // n_heads, attentive
+        self.q_proj = nn.Linear(dim, dim, bias=False) if attentive else None
+        # Rows [0, dim) are W_K, [dim, 2 dim) W_V (only W_V when not attentive).
+        self.kv_weight = nn.Parameter(torch.empty((2 if attentive else 1) * dim, dim))
+        nn.init.xavier_uniform_(self.kv_weight)
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_weight.shape[0]
+
+    def project_kv(self, keys: Tensor) -> Tensor:
+        return keys @ self.kv_weight.t()
+
+    def attend(self, query: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``query [B, Q, d]``, ``kv [B, L, kv_width]`` -> ``[B, Q, d]``."""
+        b, n_q, _ = query.shape
+        n_k = kv.shape[1]
+        h, dh = self.n_heads, self.head_dim
+        v = kv[..., -self.dim:].reshape(b, n_k, h, dh).transpose(1, 2)  # [B, h, L, dh]
+        if self.attentive:
+            q = self.q_proj(query).reshape(b, n_q, h, dh).transpose(1, 2)
+            k = kv[..., : self.dim].reshape(b, n_k, h, dh).transpose(1, 2)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [B, h, Q, L]
+        else:
+            scores = query.new_zeros((b, h, n_q, n_k))
+        if key_mask is not None:
+            valid = key_mask[:, None, None, :]
+            scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=-1) * key_mask.any(-1).to(scores.dtype)[:, None, None, None]
+        else:
+            weights = torch.softmax(scores, dim=-1)
+        return (weights @ v).transpose(1, 2).reshape(b, n_q, self.dim)
+
+    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        return self.attend(query, self.project_kv(keys), key_mask)
+
+
+def project_kv_fused(keys: Tensor, attentions: Sequence[MultiHeadCrossAttention]) -> Tensor:
+    """Keys/values of one key set for several attentions in one matmul: ``[..., sum(kv_width)]``,
+    the concatenation of each attention's :meth:`~MultiHeadCrossAttention.project_kv`."""
+    weight = attentions[0].kv_weight if len(attentions) == 1 else torch.cat([a.kv_weight for a in attentions], 0)
+    return keys @ weight.t()
+
+
+def fused_kv(keys: Tensor, attentions: Sequence[MultiHeadCrossAttention]) -> list[Tensor]:
+    """:func:`project_kv_fused` split per attention (same values as projecting separately)."""
+    if not attentions:
+        return []
+    return list(project_kv_fused(keys, attentions).split([a.kv_width for a in attentions], dim=-1))
+
+
+class LastDimPReLU(nn.Module):
+    """PReLU with one slope per feature of the last axis (``nn.PReLU`` uses axis 1)."""
+
+    def __init__(self, n: int, init: float = 0.25):
+        super().__init__()
+        self.slope = nn.Parameter(torch.full((n,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x >= 0, x, self.slope * x)
+
+
+class TargetAttentionPooling(nn.Module):
+    """DIN's activation unit: weight each behaviour by an MLP of ``[q, k, q - k, q * k]``, then sum.
+
+    ``normalize="none"`` keeps the raw scores (the DIN paper drops softmax to preserve the
+    intensity of interest); ``"softmax"`` normalises over the valid positions. Padding gets weight 0.
+    """
+
+    def __init__(self, dim: int, hidden: Sequence[int] = (64, 32), normalize: Literal["none", "softmax"] = "none"):
+        super().__init__()
+        self.normalize = normalize
+        layers: list[nn.Module] = []
+        width = 4 * dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), LastDimPReLU(h)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.score = nn.Sequential(*layers)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """``query [..., d]``, ``keys [..., N, d]``, ``mask [..., N]`` -> ``[..., d]``."""
+        q = query.unsqueeze(-2).expand_as(keys)
+        s = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # [..., N]
+        if self.normalize == "softmax":
+            s = s.masked_fill(~mask, torch.finfo(s.dtype).min)
+            w = torch.softmax(s, dim=-1) * mask.any(-1, keepdim=True).to(s.dtype)
+        else:
+            w = s * mask.to(s.dtype)
+        return (w.unsqueeze(-1) * keys).sum(-2)

@@ -1,0 +1,124 @@
+"""Scoring candidate sets with a stored model: the function that runs inside Spark's Python workers.
+
+:func:`score_record_batch` scores one Arrow batch of featurised candidates. With
+``reuse_user_side`` the user side (user categorical fields + behaviour sequences) is converted and
+encoded once per request of the batch instead of once per candidate row: every candidate of a
+request is featurised at the same request time, so their user sides are identical by construction.
+The scores equal the naive per-row path (tests/model/test_scoring.py) and cost less (bench/scoring.py).
+
+:func:`make_batch_scorer` wraps it as the iterator function given to ``DataFrame.mapInArrow`` or
+``mapInPandas``: the model is loaded once per Python worker (module-level cache in
+:mod:`model.predict`), on the task's GPU when Spark assigned one (``spark.task.resource.gpu.amount``)
+or when CUDA is present, else on the CPU with the thread count Spark gives the task.
+
+>>> from features.spec import demo_spec
+>>> output_schema_ddl(demo_spec(), ["request_id"])
+'request_id string, score_click double, score_like double, score_long_view double, score_play_time double'
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from features.spec import FeatureSpec
+from model.data import arrow_to_batch
+from model.predict import Predictor, get_predictor, outputs_to_predictions
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    batch_rows: int = 1024  # Arrow batch size; ~1k rows measured fastest (PITFALLS.md)
+    reuse_user_side: bool = True
+    udf: str = "arrow"  # "arrow" (mapInArrow) | "pandas" (mapInPandas); same worker function
+    device: str = "auto"  # "auto": the task's GPU if Spark assigned one, else CUDA if present, else CPU
+    torch_threads: int | None = None  # None: what Spark gives a task (OMP_NUM_THREADS / spark.task.cpus)
+
+
+def score_column(task: str) -> str:
+    return f"score_{task}"
+
+
+def output_schema_ddl(spec: FeatureSpec, passthrough: Sequence[str]) -> str:
+    """The UDF's output schema: the passthrough key columns (strings) and one double per task."""
+    return ", ".join([f"{c} string" for c in passthrough] + [f"{score_column(t.name)} double" for t in spec.tasks])
+
+
+def _without_sequences(spec: FeatureSpec) -> FeatureSpec:
+    return dataclasses.replace(spec, sequences=())
+
+
+@torch.no_grad()
+def score_record_batch(predictor: Predictor, data: pa.RecordBatch, request_column: str = "request_id",
+                       reuse_user_side: bool = True) -> dict[str, np.ndarray]:
+    """Per-task predictions for the rows of ``data`` (probabilities for binary tasks)."""
+    model, spec, device = predictor.model, predictor.spec, predictor.device
+    model.eval()
+    if not reuse_user_side or request_column not in data.schema.names or not spec.sequences:
+        batch = arrow_to_batch(data, spec, with_labels=False)
+        out = model({k: batch[k].to(device) for k in ("cat", "seq", "seq_gap")})
+        return outputs_to_predictions(out, spec)
+    requests = data.column(request_column).to_numpy(zero_copy_only=False)
+    _, first_rows, user_index = np.unique(requests, return_index=True, return_inverse=True)
+    # sequences are converted and encoded only for the first row of each request
+    users = arrow_to_batch(data.take(pa.array(first_rows)), spec, with_labels=False)
+    cat = arrow_to_batch(data, _without_sequences(spec), with_labels=False)["cat"].to(device)
+    user_fields = [i for i, c in enumerate(spec.categorical) if c.side == "user"]
+    state = model.encode_user({
+        "cat_user": users["cat"][:, user_fields].to(device),
+        "seq": users["seq"].to(device),
+        "seq_gap": users["seq_gap"].to(device),
+    })
+    out = model({"cat": cat}, user_state=state, user_index=torch.from_numpy(user_index.reshape(-1)).to(device))
+    return outputs_to_predictions(out, spec)
+
+
+def choose_device(requested: str = "auto") -> str:
+    """The device for this Python worker: Spark's GPU assignment first, then CUDA, then CPU."""
+    if requested != "auto":
+        return requested
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        if gpus is not None and gpus.addresses:
+            return f"cuda:{gpus.addresses[0]}"
+    except Exception:  # noqa: BLE001 - outside Spark, or no resource info: fall through
+        pass
+    return "cuda"
+
+
+def make_batch_scorer(store_root: str, ref: str, passthrough: Sequence[str],
+                      scoring: ScoringSettings = ScoringSettings()) -> Callable[[Iterable], Iterator]:
+    """The function for ``mapInArrow`` (``scoring.udf == "arrow"``) or ``mapInPandas``.
+
+    Input batches carry the passthrough columns and the spec's feature columns; output batches
+    carry the passthrough columns and ``score_<task>`` columns.
+    """
+    use_pandas = scoring.udf == "pandas"
+
+    def score_batches(batches: Iterable) -> Iterator:
+        if scoring.torch_threads:
+            torch.set_num_threads(scoring.torch_threads)
+        elif os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        predictor = get_predictor(store_root, ref, choose_device(scoring.device))
+        for batch in batches:
+            data = pa.RecordBatch.from_pandas(batch, preserve_index=False) if use_pandas else batch
+            if data.num_rows == 0:
+                continue
+            predictions = score_record_batch(predictor, data, reuse_user_side=scoring.reuse_user_side)
+            columns = {c: data.column(c).cast(pa.string()) for c in passthrough}
+            columns.update({score_column(t): pa.array(v.astype(np.float64)) for t, v in predictions.items()})
+            out = pa.RecordBatch.from_pydict(columns)
+            yield out.to_pandas() if use_pandas else out
+
+    return score_batches

@@ -1,0 +1,332 @@
+"""The training loop: Adam, masked multi-task loss, early stopping on mean validation AUC.
+
+Every knob lives in :class:`TrainConfig` (defaults documented there); the model's own options go in
+the model config given to ``model.registry.build_model``, except ``dropout`` which ``TrainConfig``
+passes through so that a sweep changes one object.
+
+Loss (INFNet.md "Heads and loss"): ``L = Σ_i λ_i L_i`` over the spec's tasks, with ``L_i`` the
+BCE-with-logits of a binary task or the MSE of a regression task, each averaged over the rows whose
+``mask_<task>`` is set. ``λ_i`` = ``task_weights.get(name, 1.0)``. With
+``uncertainty_weighting`` (Kendall et al. 2018) a learnable ``s_i = log σ_i²`` per task turns the
+sum into ``Σ λ_i (c_i e^{-s_i} L_i + s_i / 2)``, ``c_i`` = 1 for binary and 1/2 for regression tasks.
+
+Early stopping: evaluate every ``eval_every_steps`` steps (0: once per epoch); the score is the mean
+AUC over the binary tasks on the validation set; stop after ``patience`` evaluations without gain
+and restore the best weights. The test set is evaluated once, with the restored weights.
+
+Reproducibility: :func:`set_seed` seeds ``random``, numpy and torch and asks torch for
+deterministic kernels, and batches are shuffled by generators seeded from ``seed`` and the epoch,
+so one seed on one device gives the same weights bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from features.spec import FeatureSpec
+from model.data import model_inputs
+
+log = logging.getLogger("infnet.model.train")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    batch_size: int = 1024
+    weight_decay: float = 0.0  # Adam's L2 term
+    dropout: float | None = None  # None: the model config's own default
+    epochs: int = 10
+    patience: int = 2  # evaluations without a mean-valid-AUC gain before stopping
+    eval_every_steps: int = 0  # 0: evaluate once per epoch
+    min_delta: float = 1e-4  # a gain smaller than this is no gain
+    seed: int = 42
+    task_weights: dict[str, float] = field(default_factory=dict)  # λ_i, 1.0 when absent
+    uncertainty_weighting: bool = False
+    max_grad_norm: float | None = None  # gradient clipping when set
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    shuffle_buffer_rows: int = 65_536
+    deterministic: bool = True
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    train_config: TrainConfig
+    model_config: dict[str, Any]
+
+
+# =============================================================================================
+# Small helpers
+# =============================================================================================
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if torch.backends.cudnn.is_available():
+            torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# =============================================================================================
+# Metrics: evaluation.metrics holds the one definition of AUC / gAUC
+# =============================================================================================
+
+def task_metrics(spec: FeatureSpec, preds: np.ndarray, labels: np.ndarray, masks: np.ndarray,
+                 users: np.ndarray | None) -> dict[str, Any]:
+    """Per task: AUC and gAUC (binary) or RMSE (regression) on masked rows; plus ``mtl_auc``.
+
+    ``preds`` may be logits: AUC and gAUC only depend on the order of the scores.
+    """
+    from evaluation.metrics import auc_np, gauc_np
+
+    out: dict[str, Any] = {}
+    aucs = []
+    for i, task in enumerate(spec.tasks):
+        m = masks[:, i] > 0
+        y, s = labels[m, i], preds[m, i]
+        if task.kind == "binary":
+            auc = float(auc_np(y, s)) if len(y) else float("nan")
+            gauc = float(gauc_np(users[m], y, s).value) if users is not None and len(y) else float("nan")
+            out[task.name] = {"auc": auc, "gauc": gauc, "n": int(m.sum()), "positive_rate": float(y.mean()) if len(y) else float("nan")}
+            if not math.isnan(auc):
+                aucs.append(auc)
+        else:
+            out[task.name] = {"rmse": float(np.sqrt(np.mean((s - y) ** 2))) if len(y) else float("nan"), "n": int(m.sum())}
+    out["mtl_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    return out
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device):
+    """Raw model outputs with their labels, masks and users, concatenated as numpy arrays."""
+    model.eval()
+    preds, labels, masks, users = [], [], [], []
+    for batch in batches:
+        preds.append(model(model_inputs(batch, device)).float().cpu())
+        labels.append(batch["label"])
+        masks.append(batch["mask"])
+        if "user_id" in batch:
+            users.append(batch["user_id"])
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    return cat(preds), cat(labels), cat(masks), cat(users)
+
+
+def evaluate(model: nn.Module, spec: FeatureSpec, batches, device: torch.device) -> dict[str, Any]:
+    preds, labels, masks, users = predict_batches(model, batches, device)
+    return task_metrics(spec, preds, labels, masks, users)
+
+
+# =============================================================================================
+# Loss
+# =============================================================================================
+
+class MultiTaskLoss(nn.Module):
+    """Masked per-task losses combined with fixed weights or learned uncertainty weights."""
+
+    def __init__(self, spec: FeatureSpec, task_weights: dict[str, float] | None = None,
+                 uncertainty_weighting: bool = False) -> None:
+        super().__init__()
+        task_weights = task_weights or {}
+        unknown = sorted(set(task_weights) - {t.name for t in spec.tasks})
+        if unknown:
+            raise ValueError(f"task_weights name unknown tasks {unknown}; the spec's tasks are {[t.name for t in spec.tasks]}")
+        self.binary = torch.tensor([t.kind == "binary" for t in spec.tasks])
+        self.register_buffer("weights", torch.tensor([float(task_weights.get(t.name, 1.0)) for t in spec.tasks]))
+        self.register_buffer("scale", torch.where(self.binary, 1.0, 0.5))
+        self.log_vars = nn.Parameter(torch.zeros(len(spec.tasks))) if uncertainty_weighting else None
+
+    def per_task(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        binary = self.binary.to(outputs.device)
+        bce = F.binary_cross_entropy_with_logits(outputs, labels.clamp(0, 1), reduction="none")
+        mse = (outputs - labels) ** 2
+        elementwise = torch.where(binary, bce, mse) * masks
+        return elementwise.sum(0) / masks.sum(0).clamp_min(1.0)
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        losses = self.per_task(outputs, labels, masks)
+        if self.log_vars is None:
+            return (self.weights * losses).sum(), losses
+        s = self.log_vars
+        return (self.weights * (self.scale * torch.exp(-s) * losses + 0.5 * s)).sum(), losses
+
+
+# =============================================================================================
+# Loop
+# =============================================================================================
+
+def train_model(
+    model: nn.Module,
+    spec: FeatureSpec,
+    train_batches,
+    valid_batches,
+    test_batches=None,
+    config: TrainConfig | None = None,
+    model_config: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` (already built and seeded) and return it with its metrics.
+
+    ``*_batches``: re-iterable sources of batch dicts (:class:`model.data.ArrowBatches`,
+    :class:`model.data.TensorBatches`, or any iterable); ``set_epoch`` is called when present.
+    """
+    config = config or TrainConfig()
+    device = resolve_device(config.device)
+    model.to(device)
+    criterion = MultiTaskLoss(spec, config.task_weights, config.uncertainty_weighting).to(device)
+    params = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.weight_decay}]
+    if criterion.log_vars is not None:
+        params.append({"params": [criterion.log_vars], "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+
+    from tqdm.auto import tqdm
+
+    history: list[dict[str, Any]] = []
+    best_score, best_state, best_eval, evals_without_gain = -math.inf, None, None, 0
+    step, seen, train_seconds, stop = 0, 0, 0.0, False
+
+    def run_eval(epoch: int) -> bool:
+        nonlocal best_score, best_state, best_eval, evals_without_gain
+        valid = evaluate(model, spec, valid_batches, device)
+        score = valid["mtl_auc"]
+        entry = {"epoch": epoch, "step": step, "examples": seen, "valid": valid,
+                 "train_loss": float(running_loss / max(running_n, 1))}
+        if criterion.log_vars is not None:
+            entry["log_vars"] = criterion.log_vars.detach().cpu().tolist()
+        history.append(entry)
+        log.info("eval epoch %d step %d: valid mean AUC %.4f (best %.4f)", epoch, step, score, best_score)
+        if not math.isnan(score) and score > best_score + config.min_delta:
+            best_score, best_eval, evals_without_gain = score, entry, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            evals_without_gain += 1
+        model.train()
+        return evals_without_gain >= config.patience
+
+    for epoch in range(config.epochs):
+        if hasattr(train_batches, "set_epoch"):
+            train_batches.set_epoch(epoch)
+        model.train()
+        running_loss, running_n = 0.0, 0
+        total = len(train_batches) if hasattr(train_batches, "__len__") else None
+        bar = tqdm(train_batches, total=total, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress,
+                   leave=False, mininterval=1.0)
+        epoch_start = time.perf_counter()
+        for batch in bar:
+            labels, masks = batch["label"].to(device), batch["mask"].to(device)
+            outputs = model(model_inputs(batch, device))
+            loss, _ = criterion(outputs, labels, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            step += 1
+            n = len(labels)
+            seen += n
+            running_loss += float(loss.detach()) * n
+            running_n += n
+            if step % 10 == 0:
+                elapsed = train_seconds + time.perf_counter() - epoch_start
+                bar.set_postfix(loss=f"{running_loss / running_n:.4f}", ex_s=f"{seen / max(elapsed, 1e-9):,.0f}")
+            if config.eval_every_steps and step % config.eval_every_steps == 0:
+                train_seconds += time.perf_counter() - epoch_start
+                stop = run_eval(epoch)
+                epoch_start = time.perf_counter()
+                if stop:
+                    break
+        bar.close()
+        train_seconds += time.perf_counter() - epoch_start
+        if stop:
+            break
+        if not config.eval_every_steps and run_eval(epoch):
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    metrics: dict[str, Any] = {
+        "valid": best_eval["valid"] if best_eval else None,
+        "best_epoch": best_eval["epoch"] if best_eval else None,
+        "best_step": best_eval["step"] if best_eval else None,
+        "epochs_run": (history[-1]["epoch"] + 1) if history else 0,
+        "steps": step,
+        "train_examples": seen,
+        "train_examples_per_s": seen / train_seconds if train_seconds else None,
+        "parameters": count_parameters(model),
+        "device": str(device),
+        "early_stopped": bool(history) and evals_without_gain >= config.patience,
+    }
+    if criterion.log_vars is not None:
+        metrics["uncertainty_log_vars"] = dict(zip([t.name for t in spec.tasks], criterion.log_vars.detach().cpu().tolist()))
+    if test_batches is not None:
+        metrics["test"] = evaluate(model, spec, test_batches, device)
+    model.eval()
+    return TrainResult(model, metrics, history, config, dict(model_config or {}))
+
+
+def effective_model_config(model_config: dict[str, Any] | None, config: TrainConfig) -> dict[str, Any]:
+    merged = dict(model_config or {})
+    if config.dropout is not None:
+        merged["dropout"] = config.dropout
+    return merged
+
+
+def build_and_train(
+    model_name: str,
+    spec: FeatureSpec,
+    train_batches,
+    valid_batches,
+    test_batches=None,
+    config: TrainConfig | None = None,
+    model_config: dict[str, Any] | None = None,
+    builder=None,
+) -> TrainResult:
+    """Seed, build ``model_name`` (``builder`` defaults to ``model.registry.build_model``; dropout
+    comes from ``config``), train it."""
+    if builder is None:
+        from model.registry import build_model as builder
+
+    config = config or TrainConfig()
+    merged = effective_model_config(model_config, config)
+    set_seed(config.seed, config.deterministic)
+    model = builder(model_name, spec, merged)
+    for source in (train_batches,):
+        if hasattr(source, "seed"):
+            source.seed = config.seed
+    return train_model(model, spec, train_batches, valid_batches, test_batches, config, merged)

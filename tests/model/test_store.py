@@ -1,0 +1,104 @@
+"""The model store: save -> load round trip, references, clear errors; the predictor on top of it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from features.spec import FeatureSpecMismatch, demo_spec
+from model.data import synthetic_examples
+from model.registry import build_model
+from model.predict import load_predictor, predict_columns
+from model.store import ModelNotFound, list_models, load_info, load_model, parse_ref, resolve_ref, save_model
+
+SPEC = demo_spec(seq_len=5)
+SMALL = {"embed_dim": 8, "bottom_hidden": [16], "tower_hidden": [8]}
+
+
+ARCH = "shared_bottom"
+
+
+def make_model(seed: int = 0):
+    return build_model(ARCH, SPEC, SMALL, seed=seed).eval()
+
+
+def save(root, name="ranker", seed=0, **kw):
+    return save_model(root, name, make_model(seed), SPEC, architecture=ARCH, model_config={},
+                      train_config={"lr": 0.001}, examples_version=3,
+                      date_split={"train": ["2022-04-25"], "valid": ["2022-04-26"]},
+                      metrics={"test": {"click": {"auc": 0.7}}}, **kw)
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    root = str(tmp_path / "models")
+    model = make_model(1)
+    info = save_model(root, "ranker", model, SPEC, architecture=ARCH, examples_version=5,
+                      date_split={"train": ["2022-04-25"]}, metrics={"mtl_auc": 0.5})
+    assert info.ref == "ranker@1"
+    loaded, loaded_info = load_model(root, "ranker@1")
+    rows = synthetic_examples(SPEC, 64, seed=4)
+    before = predict_columns(model, SPEC, rows)
+    after = predict_columns(loaded, SPEC, rows)
+    assert set(after) == {t.name for t in SPEC.tasks}
+    for task in before:
+        np.testing.assert_array_equal(before[task], after[task])
+    assert all(0 < p < 1 for p in after["click"])
+    assert loaded_info.examples_version == 5 and loaded_info.spec == SPEC
+    assert loaded_info.spec_fingerprint == SPEC.fingerprint() and loaded_info.code_revision
+    stored = json.loads((tmp_path / "models" / "ranker" / "000001" / "info.json").read_text())
+    assert stored["metrics"] == {"mtl_auc": 0.5} and stored["architecture"] == ARCH
+
+
+def test_name_resolves_to_newest_and_versions_increase(tmp_path):
+    root = str(tmp_path)
+    assert [save(root, seed=s).version for s in range(3)] == [1, 2, 3]
+    assert resolve_ref(root, "ranker") == ("ranker", 3)
+    assert load_info(root, "ranker@000002").version == 2
+    assert list_models(root) == {"ranker": [1, 2, 3]}
+    # an unfinished save (no info.json) is not a version
+    (tmp_path / "ranker" / "000004").mkdir()
+    assert resolve_ref(root, "ranker") == ("ranker", 3)
+    assert save(root).version == 5  # its number is not reused
+
+
+def test_missing_name_or_version_lists_what_exists(tmp_path):
+    root = str(tmp_path)
+    save(root)
+    with pytest.raises(ModelNotFound, match=r"no version 9: versions 1 exist \(newest ranker@1\)"):
+        load_model(root, "ranker@9")
+    with pytest.raises(ModelNotFound, match=r"no model named 'other'.*ranker@\{1\}"):
+        load_model(root, "other")
+    with pytest.raises(ModelNotFound, match="store is empty"):
+        resolve_ref(str(tmp_path / "empty"), "ranker")
+    with pytest.raises(ValueError, match="bad model version"):
+        parse_ref("ranker@latest")
+
+
+def test_spec_mismatch_is_a_clear_error(tmp_path):
+    root = str(tmp_path)
+    save(root)
+    other = dataclasses.replace(SPEC, categorical=SPEC.categorical[:-1])
+    with pytest.raises(FeatureSpecMismatch, match="model ranker@1"):
+        load_model(root, "ranker", expected_spec=other)
+    predictor = load_predictor(root, "ranker")
+    predictor.check_spec(SPEC)  # same spec: quiet
+    with pytest.raises(FeatureSpecMismatch):
+        predictor.check_spec(other)
+
+
+def test_predictor_accepts_arrow_pandas_and_dicts(tmp_path):
+    root = str(tmp_path)
+    save(root)
+    predictor = load_predictor(root, "ranker@1")
+    table = synthetic_examples(SPEC, 50, seed=2)
+    from_arrow = predictor.predict(table, chunk_rows=16)  # chunking must not change results
+    from_pandas = predictor.predict(table.to_pandas())
+    from_dict = predictor.predict({c: table.column(c).to_pylist() for c in SPEC.feature_columns})
+    for task in predictor.task_names:
+        assert from_arrow[task].shape == (50,)
+        np.testing.assert_allclose(from_arrow[task], from_pandas[task], rtol=1e-6)
+        np.testing.assert_allclose(from_arrow[task], from_dict[task], rtol=1e-6)
+    with pytest.raises(KeyError, match="cat_user_id"):
+        predictor.predict(table.drop_columns(["cat_user_id"]).to_pandas())

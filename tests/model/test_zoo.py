@@ -1,0 +1,157 @@
+"""Every model of the registry: one train step, user-side reuse, masking, persistence, seeds."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from features.spec import demo_spec
+from model.base import RankingModel, group_by_user, random_batch, repeat_users
+from model.baselines import DIN, DINConfig
+from model.registry import MODEL_NAMES, build_model, config_class, make_config
+
+SPEC = demo_spec(seq_len=6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def multitask_loss(out: torch.Tensor, batch: dict, kinds: tuple[str, ...]) -> torch.Tensor:
+    """BCE on binary tasks + MSE on regression tasks, each over its labelled rows only."""
+    total = out.new_zeros(())
+    for i, kind in enumerate(kinds):
+        y, m = batch["label"][:, i], batch["mask"][:, i]
+        per_row = F.binary_cross_entropy_with_logits(out[:, i], y, reduction="none") if kind == "binary" \
+            else (out[:, i] - y) ** 2
+        total = total + (per_row * m).sum() / m.sum().clamp_min(1.0)
+    return total
+
+
+def test_the_registry_lists_the_issue_s_models():
+    assert MODEL_NAMES == ("infnet", "shared_bottom", "mmoe", "ple", "dcnv2", "din", "deepfm")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("wukong", SPEC)
+    with pytest.raises(ValueError, match="unknown MMoEConfig field"):
+        build_model("mmoe", SPEC, {"experts": 3})
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_one_train_step(name):
+    model = build_model(name, SPEC, seed=0)
+    assert isinstance(model, RankingModel) and model.n_params() > 10_000
+    batch = random_batch(SPEC, 16, seed=1)
+    out = model.train()(batch)
+    assert out.shape == (16, len(SPEC.tasks)) and torch.isfinite(out).all()
+    loss = multitask_loss(out, batch, model.task_kinds)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient reached {missing}"
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert multitask_loss(model(batch), batch, model.task_kinds) < loss
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_user_side_reuse_equals_the_plain_forward(name):
+    model = build_model(name, SPEC, seed=0).eval()
+    batch = repeat_users(random_batch(SPEC, 10, seed=2), SPEC, [1, 1, 1, 1, 3, 3, 6, 6, 6, 9])
+    batch_user, user_index = group_by_user(batch, SPEC)
+    assert batch_user["cat_user"].shape[0] == 4
+    state = model.encode_user(batch_user)
+    assert all(v.shape[0] == 4 for v in state.values())
+    reused = model({"cat": batch["cat"]}, state, user_index)
+    torch.testing.assert_close(reused, model(batch), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_padding_changes_nothing_and_empty_histories_are_finite(name):
+    model = build_model(name, SPEC, seed=0).eval()
+    batch = random_batch(SPEC, 6, seed=3)
+    batch["seq"][1] = 0
+    batch["seq_gap"][1] = 0.0
+    out = model(batch)
+    assert torch.isfinite(out).all()
+    longer = {**batch, "seq": F.pad(batch["seq"], (0, 3)), "seq_gap": F.pad(batch["seq_gap"], (0, 3), value=5.0)}
+    torch.testing.assert_close(model(longer), out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_sequences_and_gaps_reach_the_prediction(name):
+    model = build_model(name, SPEC, seed=0).eval()
+    batch = random_batch(SPEC, 6, seed=4)
+    other_items = {**batch, "seq": torch.where(batch["seq"] > 0, batch["seq"] % 50 + 1, 0)}
+    assert (model(other_items) - model(batch)).abs().max() > 1e-6
+    other_gaps = {**batch, "seq_gap": batch["seq_gap"] * 0.5}
+    assert (model(other_gaps) - model(batch)).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_save_load_and_seeds(name):
+    model = build_model(name, SPEC, seed=5).eval()
+    twin = build_model(name, SPEC, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), twin.state_dict().values()))
+    other = build_model(name, SPEC, seed=6).eval()
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    batch = random_batch(SPEC, 4, seed=7)
+    torch.testing.assert_close(other(batch), model(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_config_survives_a_json_round_trip(name):
+    model = build_model(name, SPEC, seed=0)
+    restored = make_config(name, json.loads(json.dumps(model.config_dict())))
+    assert restored == model.config and isinstance(restored, config_class(name))
+
+
+@pytest.mark.parametrize("name", ["shared_bottom", "mmoe", "ple", "dcnv2"])
+def test_a_tiny_batch_can_be_overfit(name):
+    model = build_model(name, SPEC, {"dropout": 0.0}, seed=0).train()
+    batch = random_batch(SPEC, 16, seed=8)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = multitask_loss(model(batch), batch, model.task_kinds)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_variants_of_the_baselines_build_and_run():
+    batch = random_batch(SPEC, 4, seed=9)
+    for name, cfg in [("dcnv2", {"low_rank": 8, "structure": "stacked"}), ("ple", {"n_levels": 3}),
+                      ("din", {"attention_normalize": "softmax", "share_item_table": False}),
+                      ("mmoe", {"gap_signal": "none"})]:
+        assert build_model(name, SPEC, cfg, seed=0)(batch).shape == (4, 4)
+
+
+def test_din_attends_with_the_candidate_in_the_item_table_it_shares_with_sequences():
+    model = DIN(SPEC, DINConfig()).eval()
+    assert model.item_table is not None and model.seq_embedding.shared_table is model.item_table
+    batch = random_batch(SPEC, 4, seed=10)
+    video = [c.name for c in SPEC.categorical].index("video_id")
+    other_candidate = {**batch, "cat": batch["cat"].clone()}
+    other_candidate["cat"][:, video] = (batch["cat"][:, video] % 49) + 1
+    assert (model(other_candidate) - model(batch)).abs().max() > 1e-6
+    mismatched = replace(SPEC, sequences=tuple(replace(s, vocab_size=77) for s in SPEC.sequences))
+    assert DIN(mismatched, DINConfig()).item_table is None
+    with pytest.raises(ValueError, match="target field"):
+        DIN(SPEC, DINConfig(target_field="item"))
