@@ -12,8 +12,11 @@ setup:
 demo: setup
 	$(PY) -m jobs.cli demo
 
-test: setup
+test: setup airflow-setup
 	bash scripts/run_tests.sh
+
+airflow-setup:
+	bash scripts/setup_airflow.sh
 
 bench: setup
 	$(PY) -m bench.run_all

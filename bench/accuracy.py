@@ -25,6 +25,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,7 +65,10 @@ def load_splits(lake: str, version: int | None, splits: dict[str, list[str]]):
     from model.data import load_tensors, resolve_snapshot
 
     settings = Settings().with_lake(lake)
-    spark = get_spark(settings, app_name="infnet-bench-accuracy")
+    # Everything here is read by path: the session gets a private catalog so that it never needs the
+    # lake's embedded Derby metastore, which admits one JVM at a time (PITFALLS.md).
+    private = Settings().with_lake(tempfile.mkdtemp(prefix="infnet-bench-catalog-"))
+    spark = get_spark(private, app_name="infnet-bench-accuracy")
     try:
         version = current_version(spark, settings, EXAMPLES) if version is None else version
         spec = load_feature_spec(spark, settings, version)
@@ -123,7 +127,7 @@ def lightgbm_features(spec, tensors) -> tuple[np.ndarray, list[str]]:
     return np.concatenate([cat, lengths], axis=1).astype(np.float32), names
 
 
-def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000) -> ArmResult:
+def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int = 2) -> ArmResult:
     """One LightGBM classifier per task; fields with at most ``max_categories`` buckets are categorical,
     hashed ids (and bucketised numbers above that size) are numeric. Early stopping on the valid days."""
     try:
@@ -152,7 +156,7 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000) -> ArmResult
             valid = lgb.Dataset(x["valid"][masks["valid"]], labels["valid"][masks["valid"]], reference=train)
             params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05, "num_leaves": 63,
                       "min_data_in_leaf": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
-                      "seed": seed, "verbose": -1, "num_threads": 2, "cat_smooth": 10}
+                      "seed": seed, "verbose": -1, "num_threads": threads, "cat_smooth": 10}
             booster = lgb.train(params, train, num_boost_round=2000, valid_sets=[valid],
                                 callbacks=[lgb.early_stopping(50, verbose=False)])
             t0 = time.perf_counter()
@@ -246,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
                    help="model config override, e.g. infnet.d=64 (repeatable)")
+    p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
     p.add_argument("--no-lightgbm", action="store_true")
     p.add_argument("--external", action="store_true", help="torch-rechub / deepctr-torch MMoE and PLE if importable")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
@@ -294,8 +299,10 @@ def main(argv=None) -> int:
     print(f"examples@{version}: {rows} rows, {len(spec.categorical)} categorical fields, "
           f"{len(spec.sequences)} sequences of {[s.max_len for s in spec.sequences]} "
           f"(loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                               progress=False)
+                               progress=False, num_threads=args.threads)
     header = {
         "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         "examples": f"Delta version {version} of {args.lake}/tables/examples; rows {rows}",
@@ -317,7 +324,7 @@ def main(argv=None) -> int:
 
     if not args.no_lightgbm:
         print("lightgbm", flush=True)
-        arms.append(run_lightgbm_arm(spec, data, seeds))
+        arms.append(run_lightgbm_arm(spec, data, seeds, threads=args.threads or torch.get_num_threads()))
         flush()
     for name in names:
         model_name, config = (("infnet", dict(ABLATIONS[name])) if name in ABLATIONS else (name, {}))

@@ -70,10 +70,17 @@ def write_table(
 
 
 def register_table(spark: SparkSession, settings: Settings, table: TableDef) -> None:
-    spark.sql(
-        f"CREATE TABLE IF NOT EXISTS {qualified_name(settings, table)} USING DELTA "
-        f"LOCATION {sql_literal(settings.lake.table_path(table.name))}"
-    )
+    """Register the table's location in the catalog; re-point an entry left by another lake."""
+    name, path = qualified_name(settings, table), settings.lake.table_path(table.name)
+    if spark.catalog.tableExists(name):
+        try:
+            location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+        except Exception:  # noqa: BLE001 - its folder is gone: re-point it below
+            location = ""
+        if location.rstrip("/").removeprefix("file:") == path.rstrip("/").removeprefix("file:"):
+            return
+        spark.sql(f"DROP TABLE {name}")  # external table: drops the catalog entry only, not the data
+    spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {sql_literal(path)}")
 
 
 def read_table(

@@ -5,6 +5,7 @@ same values) and jobs may override them again from their flags:
 
 - ``INFNET_LAKE``: lake root (a local folder or any Hadoop filesystem URI), default ``<repo>/lake``
 - ``INFNET_SPARK_MASTER``: Spark master, default ``local[*]``
+- ``INFNET_SHUFFLE_PARTITIONS``: ``spark.sql.shuffle.partitions``, default 8
 - ``INFNET_JARS_DIR``: folder with the Delta jars resolved by ``scripts/setup.sh``
 
 >>> s = Settings()
@@ -70,7 +71,7 @@ class LakeSettings:
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = field(default_factory=lambda: os.environ.get("INFNET_SPARK_MASTER", "local[*]"))
-    shuffle_partitions: int = 8
+    shuffle_partitions: int = field(default_factory=lambda: int(os.environ.get("INFNET_SHUFFLE_PARTITIONS", "8")))
     driver_memory: str = "4g"
     # ~1k-row Arrow batches measured fastest for torch inside pandas UDFs (PITFALLS.md)
     arrow_batch_rows: int = 1024

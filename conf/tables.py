@@ -34,7 +34,7 @@ SCORES = TableDef(
     "one score per task per candidate",
 )
 METRICS = TableDef("metrics", ("model_name", "model_version", "task", "metric", "slice", "date"), ("date",))
-AB_REPORTS = TableDef("ab_reports", ("report_id", "task", "metric"), ())
+AB_REPORTS = TableDef("ab_reports", ("report_id", "task", "metric", "slice"), ())
 QUALITY_RESULTS = TableDef("quality_results", ("run_id", "table_name", "expectation"), ())
 
 ALL_TABLES = (

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
-from jobs.evaluate import known_tasks, parse_model_ref, read_model_scores
+from jobs.common import JobError, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
+from jobs.evaluate import known_tasks, read_model_scores
 
 log = logging.getLogger("infnet.ab_report")
 
@@ -32,8 +32,8 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("ab_report", __doc__.splitlines()[0])
-    parser.add_argument("--control", type=parse_model_ref, required=True, help="A: NAME@VERSION")
-    parser.add_argument("--treatment", type=parse_model_ref, required=True, help="B: NAME@VERSION")
+    parser.add_argument("--control", type=parse_model_ref, required=True, help="A: NAME@VERSION (NAME alone: the newest version)")
+    parser.add_argument("--treatment", type=parse_model_ref, required=True, help="B: NAME@VERSION (NAME alone: the newest version)")
     parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
                         help="date, comma list or range a..b (YYYY-MM-DD)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of users (default 200)")
@@ -78,6 +78,7 @@ def body(spark, settings, args) -> None:
 
     if args.n_boot < 1:
         raise JobError("--n-boot must be >= 1")
+    args.control, args.treatment = pin_model_ref(settings, args.control), pin_model_ref(settings, args.treatment)
     control_scores, _ = read_model_scores(spark, settings, args.control, args.dates)
     treatment_scores, _ = read_model_scores(spark, settings, args.treatment, args.dates)
     tasks = known_tasks(set(control_scores.columns) & set(treatment_scores.columns))

@@ -5,6 +5,7 @@ import argparse
 import datetime as dt
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from conf.settings import Settings
@@ -32,6 +33,38 @@ def parse_dates(value: str) -> list[str]:
             raise argparse.ArgumentTypeError(f"empty date range: {value!r}")
         return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
     return [parse_date(v) for v in value.split(",") if v]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """``name@version`` as the scores and metrics tables store it (version None: not pinned yet)."""
+
+    name: str
+    version: str | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+def parse_model_ref(value: str) -> ModelRef:
+    """``infnet@3`` -> ModelRef("infnet", "3"); ``infnet`` -> the newest version, pinned later."""
+    name, sep, version = value.partition("@")
+    if not name or (sep and not version.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION (an integer), got {value!r}")
+    return ModelRef(name, str(int(version)) if sep else None)
+
+
+def pin_model_ref(settings: Settings, ref: ModelRef) -> ModelRef:
+    """Resolve a bare name to the newest version in the model store (clear error when absent)."""
+    if ref.version is not None:
+        return ref
+    from model.store import ModelNotFound, resolve_ref
+
+    try:
+        name, version = resolve_ref(settings, ref.name)
+    except ModelNotFound as err:
+        raise JobError(str(err)) from None
+    return ModelRef(name, str(version))
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -12,31 +12,14 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, ModelRef, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
 
 log = logging.getLogger("infnet.evaluate")
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.name}@{self.version}"
-
-
-def parse_model_ref(value: str) -> ModelRef:
-    """``infnet@3`` -> ModelRef("infnet", "3"); the version is required to evaluate scores."""
-    name, sep, version = value.partition("@")
-    if not sep or not name or not version:
-        raise argparse.ArgumentTypeError(f"expected NAME@VERSION, got {value!r}")
-    return ModelRef(name, version)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("evaluate", __doc__.splitlines()[0])
-    parser.add_argument("--model", type=parse_model_ref, required=True, help="NAME@VERSION of the scored model")
+    parser.add_argument("--model", type=parse_model_ref, required=True, help="NAME@VERSION of the scored model (NAME alone: the newest version)")
     parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
                         help="date, comma list or range a..b (YYYY-MM-DD)")
     parser.add_argument("--slices", default="all,tab,user_active_degree,new_item",
@@ -70,11 +53,10 @@ def read_model_scores(spark, settings, model: ModelRef, dates: list[str]):
 def known_tasks(scores_columns):
     """The tasks that have a score column, with their kind from the feature spec's task list."""
     from evaluation.metrics import tasks_in_columns
-    from features.spec import demo_spec
+    from conf.settings import Settings
+    from features.examples import build_spec
 
-    # TODO(lead): take the task list from the feature spec stored for the scores' feature_version
-    # once features/ exposes a loader; the demo and real specs share these tasks.
-    tasks = tasks_in_columns(scores_columns, demo_spec().tasks)
+    tasks = tasks_in_columns(scores_columns, build_spec(Settings()).tasks)
     if not tasks:
         raise JobError("the scores have no score_<task> column for any known task")
     return tasks
@@ -121,6 +103,7 @@ def body(spark, settings, args) -> None:
     from conf.tables import METRICS
 
     slices = tuple(s.strip() for s in args.slices.split(",") if s.strip())
+    args.model = pin_model_ref(settings, args.model)
     rows = metrics_for_dates(spark, settings, args.model, args.dates, slices)
     predicate = (
         slice_predicate({"model_name": args.model.name, "model_version": args.model.version})

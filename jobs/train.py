@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every-steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default) | cpu | cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--task-weight", action="append", type=parse_key_value, default=[], metavar="TASK=W",
                         help="loss weight of a task (repeatable), default 1")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
@@ -65,7 +66,7 @@ def train_config_from_args(args):
 
     flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
              "dropout": args.dropout, "patience": args.patience, "eval_every_steps": args.eval_every_steps,
-             "seed": args.seed, "device": args.device}
+             "seed": args.seed, "device": args.device, "num_threads": args.threads}
     values = {k: v for k, v in flags.items() if v is not None}
     values["task_weights"] = {k: float(v) for k, v in args.task_weight}
     values["uncertainty_weighting"] = args.uncertainty_weighting

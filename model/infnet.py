@@ -30,23 +30,26 @@ of block 1 feed only block 2's ``C`` / ``S`` updates, which nothing reads, so th
 sequence proxies act only as layer-0 gates (their cross-attentions exist from 3 blocks, or with
 ``gate_source="updated"``). Without PGU the proxies influence nothing at all and are not built.
 
-User-side reuse: ``S``, ``S~`` and the block-1 keys/values of ``S`` depend only on the user; with
-``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so block-2
-keys/values of ``S`` are cached too (all blocks' when ``use_pgu=False``).
+Attention is computed query-side (``W_K`` / ``W_V`` folded into the few queries, see
+:class:`~model.layers.MultiHeadCrossAttention`), so the keys of a block are its raw tokens.
+User-side reuse: ``S`` (block-1 keys), ``S~`` and the mask depend only on the user; with
+``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so the
+block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes.
 
 >>> import torch
 >>> from features.spec import demo_spec
 >>> from model.base import random_batch
 >>> spec = demo_spec(seq_len=5)
->>> torch.manual_seed(0) and None
+>>> _ = torch.manual_seed(0)
 >>> model = INFNet(spec, INFNetConfig(d=16, n_blocks=2)).eval()
 >>> batch = random_batch(spec, batch_size=3)
 >>> out = model(batch)
 >>> out.shape, model.task_kinds
 (torch.Size([3, 4]), ('binary', 'binary', 'binary', 'regression'))
->>> state = model.encode_user({"cat_user": batch["cat"][:1, :2], "seq": batch["seq"][:1], "seq_gap": batch["seq_gap"][:1]})
+>>> from model.base import user_batch
+>>> state = model.encode_user(user_batch(batch, spec))  # user side of each row (dedupe: group_by_user)
 >>> sorted(state)
-['cat_user', 'seq_kv_0', 'seq_kv_1', 'seq_mask', 'seq_proxy']
+['cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0', 'seq_tokens_1']
 """
 from __future__ import annotations
 
@@ -65,10 +68,8 @@ from model.layers import (
     MultiHeadCrossAttention,
     SequenceEmbedding,
     TaskTowers,
-    fused_kv,
     masked_mean,
     masked_sum,
-    project_kv_fused,
 )
 
 
@@ -162,7 +163,6 @@ class INFNetBlock(nn.Module):
         names = [n for stream in ("Cp", "Sp", "Tp", "T") if stream in self.computes
                  for n in _ATTENTIONS_OF[stream] if n[-1] != "t" or cfg.use_task_tokens]
         self.ca = nn.ModuleDict({n: MultiHeadCrossAttention(d, cfg.n_heads, cfg.use_cross_attention) for n in names})
-        self.keyed = {k: [n for n in names if n.endswith("_" + k)] for k in ("s", "c", "t")}
 
         norms = [x for x in ("Cp", "Sp", "Tp", "C", "S") if x in self.computes]
         if "T" in self.computes:
@@ -182,12 +182,6 @@ class INFNetBlock(nn.Module):
         """``x * sigmoid(MLP(Flatten(proxy)))``: one d-wide gate per example, broadcast over tokens."""
         return x * torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
 
-    def seq_kv(self, seq_tokens: Tensor) -> Tensor | None:
-        """Keys/values of ``S`` for every attention of this block that reads ``S`` (one tensor)."""
-        if not self.keyed["s"]:
-            return None
-        return project_kv_fused(seq_tokens, [self.ca[n] for n in self.keyed["s"]])
-
     def update_seq(self, seq_tokens: Tensor, seq_proxy: Tensor, seq_mask: Tensor) -> Tensor:
         """``S' = PGU(S, S~)`` (identity when this block passes ``S`` through); padding stays zero."""
         if "S" not in self.computes:
@@ -196,22 +190,17 @@ class INFNetBlock(nn.Module):
         return out * seq_mask.unsqueeze(-1).to(out.dtype)
 
     # -- the block -----------------------------------------------------------------------------
-    def forward(self, st: dict[str, Tensor | None], seq_kv: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward(self, st: dict[str, Tensor | None], update_seq: bool = True) -> dict[str, Tensor | None]:
+        """``update_seq=False``: leave ``S`` as it is (the caller has the next block's ``S`` cached)."""
         C, S, smask, T = st["C"], st["S"], st["seq_mask"], st["T"]
-        kv: dict[str, Tensor] = {}
-        if self.keyed["s"]:
-            if seq_kv is None:
-                seq_kv = self.seq_kv(S)
-            kv.update(zip(self.keyed["s"], seq_kv.split([self.ca[n].kv_width for n in self.keyed["s"]], dim=-1)))
-        kv.update(zip(self.keyed["c"], fused_kv(C, [self.ca[n] for n in self.keyed["c"]])))
-        kv.update(zip(self.keyed["t"], fused_kv(T, [self.ca[n] for n in self.keyed["t"]])) if self.keyed["t"] else ())
+        keys = {"c": (C, None), "s": (S, smask), "t": (T, None)}
 
         def flow(stream: str, query: Tensor) -> Tensor:
             """Sum of the cross-attentions of ``stream`` (heterogeneous flow)."""
             total = 0
             for name in _ATTENTIONS_OF[stream]:
                 if name in self.ca:
-                    total = total + self.ca[name].attend(query, kv[name], smask if name.endswith("_s") else None)
+                    total = total + self.ca[name](query, *keys[name[-1]])
             return total
 
         out: dict[str, Tensor | None] = {x: (st[x] if x in self.needed_out else None) for x in STREAMS}
@@ -222,8 +211,8 @@ class INFNetBlock(nn.Module):
         gate_from = st if self.cfg.gate_source == "layer" else out
         if "C" in self.computes:
             out["C"] = self._update("C", C, self._pgu("C", C, gate_from["Cp"]))
-        if "S" in self.computes:
-            out["S"] = None if S is None else self.update_seq(S, gate_from["Sp"], smask)
+        if "S" in self.computes and update_seq:
+            out["S"] = self.update_seq(S, gate_from["Sp"], smask)
         if "T" in self.computes:
             t_hat = self._update("T_hat", T, flow("T", T))
             out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"])) if self.cfg.use_pgu else t_hat
@@ -270,8 +259,9 @@ class INFNet(RankingModel):
         self.n_user_blocks = n_user
 
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
-        """User fields' embeddings, ``S~`` of layer 0, the sequence mask and the keys/values of ``S``
-        for the first ``n_user_blocks`` blocks (``S`` itself when a later block needs it)."""
+        """User fields' embeddings (``cat_user``), the sequence mask, ``S~`` of layer 0
+        (``seq_proxy``) and the sequence tokens every block from the first ``n_user_blocks`` reads
+        (``seq_tokens_<block>``, stored where they change)."""
         cfg = self.config
         cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
         tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])  # [U, F, N, d]
@@ -281,14 +271,10 @@ class INFNet(RankingModel):
         if self.seq_proxy is not None:
             pool = masked_sum if cfg.seq_proxy_pooling == "sum" else masked_mean
             seq_proxy = state["seq_proxy"] = pool(self.seq_proxy(tokens), mask, dim=2)  # [U, F, d]
-        for i in range(self.n_user_blocks):
-            kv = self.blocks[i].seq_kv(seq)
-            if kv is not None:
-                state[f"seq_kv_{i}"] = kv
-            if i < self.n_user_blocks - 1:  # block i's gate reads a user-only proxy (layer 0 or no PGU)
-                seq = self.blocks[i].update_seq(seq, seq_proxy, seq_mask)
-        if self.n_user_blocks < len(self.blocks):
-            state["seq_tokens"] = seq  # input of the last cached block; it computes the next S
+        state["seq_tokens_0"] = seq
+        for i in range(1, self.n_user_blocks):  # S after block i-1 is still user-only: cache it
+            if "S" in self.blocks[i - 1].computes:
+                seq = state[f"seq_tokens_{i}"] = self.blocks[i - 1].update_seq(seq, seq_proxy, seq_mask)
         return state
 
     def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
@@ -299,15 +285,18 @@ class INFNet(RankingModel):
             "C": C,
             "S": None,
             "seq_mask": user_rows["seq_mask"],
-            "Cp": self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d) if self.cat_proxy is not None else None,
+            "Cp": None if self.cat_proxy is None else self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d),
             "Sp": user_rows.get("seq_proxy"),
-            "Tp": self.shared_task_tokens.unsqueeze(0).expand(b, -1, -1) if self.shared_task_tokens is not None else None,
-            "T": self.task_tokens.unsqueeze(0).expand(b, -1, -1) if self.task_tokens is not None else None,
+            "Tp": None if self.shared_task_tokens is None else self.shared_task_tokens.expand(b, -1, -1),
+            "T": None if self.task_tokens is None else self.task_tokens.expand(b, -1, -1),
         }
+        seq = user_rows["seq_tokens_0"]
         for i, block in enumerate(self.blocks):
-            if i == self.n_user_blocks - 1:
-                st["S"] = user_rows.get("seq_tokens")
-            st = block(st, user_rows.get(f"seq_kv_{i}"))
+            if i < self.n_user_blocks:
+                seq = user_rows.get(f"seq_tokens_{i}", seq)
+            st["S"] = seq
+            st = block(st, update_seq=i + 1 >= self.n_user_blocks)
+            seq = st["S"] if st["S"] is not None else seq
         if st["T"] is not None:
             return self.heads(st["T"])  # task i reads its own final task token
         pooled = torch.cat([st["Cp"], st["Sp"], st["Tp"]], dim=1).mean(1)  # "without task tokens"

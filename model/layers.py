@@ -10,9 +10,7 @@ zeros, never NaN).
 - :class:`SequenceEmbedding` — per-behaviour-type item tables plus an optional learned projection of
   the time gap; returns tokens zeroed at padding and the validity mask.
 - :class:`MultiHeadCrossAttention` — ``softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V`` with a key
-  padding mask, split into ``project_kv`` and ``attend`` so that keys/values of tokens that do not
-  depend on the candidate can be computed once per user; :func:`fused_kv` projects one key set for
-  several attentions in one matmul.
+  padding mask, computed query-side (cheap when a few proxies query many tokens).
 - :class:`TargetAttentionPooling` — DIN's activation unit (candidate-aware weighting of a sequence).
 - :class:`MLP`, :class:`TaskTowers`, :func:`masked_sum`, :func:`masked_mean`.
 
@@ -257,10 +255,14 @@ class SequenceEmbedding(nn.Module):
 class MultiHeadCrossAttention(nn.Module):
     """``CA(Q, K, V) = softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V``, ``n_heads`` heads, key padding mask.
 
-    Heads are concatenated (no output projection: the spec's formula has none). Keys/values are
-    projected by :meth:`project_kv` (so they can be cached or fused with other attentions over the
-    same keys) and consumed by :meth:`attend`. ``key_mask`` is ``[B, L]`` bool, true = valid; a
-    query whose keys are all masked gets a zero output (no NaN, forward or backward).
+    Heads are concatenated (no output projection: the spec's formula has none). ``key_mask`` is
+    ``[B, L]`` bool, true = valid; a query whose keys are all masked gets a zero output (no NaN,
+    forward or backward).
+
+    Few queries, many keys: the key and value projections are folded into the query side,
+    ``(q_h W_K,h) K^T`` and ``(w_h K) W_V,h^T`` per head, which is the same product but costs
+    ``O(heads * Q * L * d)`` instead of projecting all ``L`` keys (``O(L * d^2)``), and leaves the
+    raw key tokens as the only thing worth caching per user.
 
     ``attentive=False`` is the "no cross-attention" ablation: every valid key gets the same
     weight (masked mean of ``V W_V``), so there is no ``W_Q`` / ``W_K`` at all.
@@ -272,53 +274,26 @@ class MultiHeadCrossAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
         self.dim, self.n_heads, self.head_dim, self.attentive = dim, n_heads, dim // n_heads, attentive
         self.q_proj = nn.Linear(dim, dim, bias=False) if attentive else None
-        # Rows [0, dim) are W_K, [dim, 2 dim) W_V (only W_V when not attentive).
-        self.kv_weight = nn.Parameter(torch.empty((2 if attentive else 1) * dim, dim))
-        nn.init.xavier_uniform_(self.kv_weight)
+        self.k_proj = nn.Linear(dim, dim, bias=False) if attentive else None
+        self.v_proj = nn.Linear(dim, dim, bias=False)
 
-    @property
-    def kv_width(self) -> int:
-        return self.kv_weight.shape[0]
-
-    def project_kv(self, keys: Tensor) -> Tensor:
-        return keys @ self.kv_weight.t()
-
-    def attend(self, query: Tensor, kv: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """``query [B, Q, d]``, ``kv [B, L, kv_width]`` -> ``[B, Q, d]``."""
-        b, n_q, _ = query.shape
-        n_k = kv.shape[1]
-        h, dh = self.n_heads, self.head_dim
-        v = kv[..., -self.dim:].reshape(b, n_k, h, dh).transpose(1, 2)  # [B, h, L, dh]
+    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """``query [B, Q, d]``, ``keys [B, L, d]``, ``key_mask [B, L]`` -> ``[B, Q, d]``."""
+        b, n_q, d = query.shape
+        n_k, h, dh = keys.shape[1], self.n_heads, self.head_dim
         if self.attentive:
-            q = self.q_proj(query).reshape(b, n_q, h, dh).transpose(1, 2)
-            k = kv[..., : self.dim].reshape(b, n_k, h, dh).transpose(1, 2)
-            scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # [B, h, Q, L]
+            q = self.q_proj(query).view(b, n_q, h, dh)
+            q_keyspace = torch.einsum("bqhe,hed->bhqd", q, self.k_proj.weight.view(h, dh, d)) / math.sqrt(dh)
+            scores = torch.bmm(q_keyspace.reshape(b, h * n_q, d), keys.transpose(1, 2)).view(b, h, n_q, n_k)
         else:
             scores = query.new_zeros((b, h, n_q, n_k))
         if key_mask is not None:
-            valid = key_mask[:, None, None, :]
-            scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
             weights = torch.softmax(scores, dim=-1) * key_mask.any(-1).to(scores.dtype)[:, None, None, None]
         else:
             weights = torch.softmax(scores, dim=-1)
-        return (weights @ v).transpose(1, 2).reshape(b, n_q, self.dim)
-
-    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        return self.attend(query, self.project_kv(keys), key_mask)
-
-
-def project_kv_fused(keys: Tensor, attentions: Sequence[MultiHeadCrossAttention]) -> Tensor:
-    """Keys/values of one key set for several attentions in one matmul: ``[..., sum(kv_width)]``,
-    the concatenation of each attention's :meth:`~MultiHeadCrossAttention.project_kv`."""
-    weight = attentions[0].kv_weight if len(attentions) == 1 else torch.cat([a.kv_weight for a in attentions], 0)
-    return keys @ weight.t()
-
-
-def fused_kv(keys: Tensor, attentions: Sequence[MultiHeadCrossAttention]) -> list[Tensor]:
-    """:func:`project_kv_fused` split per attention (same values as projecting separately)."""
-    if not attentions:
-        return []
-    return list(project_kv_fused(keys, attentions).split([a.kv_width for a in attentions], dim=-1))
+        context = torch.bmm(weights.reshape(b, h * n_q, n_k), keys).view(b, h, n_q, d)  # weighted raw keys
+        return torch.einsum("bhqd,hed->bqhe", context, self.v_proj.weight.view(h, dh, d)).reshape(b, n_q, d)
 
 
 class LastDimPReLU(nn.Module):

@@ -17,6 +17,16 @@ and restore the best weights. The test set is evaluated once, with the restored 
 Reproducibility: :func:`set_seed` seeds ``random``, numpy and torch and asks torch for
 deterministic kernels, and batches are shuffled by generators seeded from ``seed`` and the epoch,
 so one seed on one device gives the same weights bit for bit.
+
+>>> from features.spec import demo_spec
+>>> from model.data import TensorBatches, arrow_to_batch, synthetic_examples
+>>> spec = demo_spec(seq_len=4)
+>>> rows = lambda n, seed: TensorBatches(arrow_to_batch(synthetic_examples(spec, n, seed=seed), spec), 64)
+>>> result = build_and_train("shared_bottom", spec, rows(256, 0), rows(128, 1),
+...                          config=TrainConfig(epochs=1, progress=False),
+...                          model_config={"embed_dim": 8, "bottom_hidden": [16]})
+>>> sorted(result.metrics["valid"]), result.metrics["epochs_run"]
+(['click', 'like', 'long_view', 'mtl_auc', 'play_time'], 1)
 """
 from __future__ import annotations
 
@@ -58,6 +68,7 @@ class TrainConfig:
     shuffle_buffer_rows: int = 65_536
     deterministic: bool = True
     progress: bool = True
+    num_threads: int | None = None  # torch CPU threads (None: torch's default); 1 is faster on a loaded machine
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -207,6 +218,8 @@ def train_model(
     :class:`model.data.TensorBatches`, or any iterable); ``set_epoch`` is called when present.
     """
     config = config or TrainConfig()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
     model.to(device)
     criterion = MultiTaskLoss(spec, config.task_weights, config.uncertainty_weighting).to(device)

@@ -7,6 +7,9 @@ from dataclasses import replace
 import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# jobs' main() called inside tests builds its settings from these: keep them at the tests' size
+os.environ.setdefault("INFNET_SPARK_MASTER", "local[2]")
+os.environ.setdefault("INFNET_SHUFFLE_PARTITIONS", "2")
 
 
 @pytest.fixture(scope="session")

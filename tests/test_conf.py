@@ -19,3 +19,13 @@ def test_rerun_of_a_slice_replaces_it_and_is_visible_by_name(spark, settings):
     assert spark.sql(f"SELECT count(*) FROM {settings.lake.database}.t_conf_probe").first()[0] == 3
     assert read_table(spark, settings, table, version=0).count() == 2
     assert current_version(spark, settings, table) == 2
+
+
+def test_a_table_moved_to_another_lake_is_re_pointed_in_the_catalog(spark, settings, tmp_path):
+    from dataclasses import replace
+
+    table = TableDef("t_conf_moved", ("k",))
+    other = replace(settings, lake=replace(settings.lake, root=str(tmp_path / "other_lake")))
+    write_table(spark.createDataFrame([(1,)], "k long"), settings, table)
+    write_table(spark.createDataFrame([(1,), (2,)], "k long"), other, table)
+    assert spark.sql(f"SELECT count(*) FROM {settings.lake.database}.t_conf_moved").first()[0] == 2

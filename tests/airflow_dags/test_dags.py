@@ -222,6 +222,53 @@ def test_every_task_runs_a_job_through_the_project_wrapper(dagbag, dag_id):
         assert task._spark_binary == str(REPO / "scripts" / "spark-submit")
 
 
+PROJECT_PYTHON = REPO / ".venv" / "bin" / "python"
+PARSE_ARGS = """
+import importlib, json, sys
+failures = {}
+for task_id, job, args in json.load(sys.stdin):
+    try:
+        importlib.import_module(f"jobs.{job}").build_parser().parse_args(args)
+    except SystemExit as exit:
+        failures[task_id] = f"exit {exit.code}: jobs/{job}.py {' '.join(args)}"
+print(json.dumps(failures))
+"""
+
+
+@pytest.mark.skipif(not PROJECT_PYTHON.exists(), reason="needs the project's .venv (make setup)")
+def test_every_rendered_command_line_is_accepted_by_its_job(daily, training):
+    """The flags the DAGs pass are the flags the jobs define: each task's rendered arguments go
+    through its job's own argparse parser, in the project's venv (the jobs import pyspark)."""
+    import json
+    import subprocess
+
+    daily_ctx = {"ds": "2022-05-03", "params": daily.params.dump()}
+    training_ctx = {
+        "params": {**training.params.dump(), "end_date": "2022-05-04"},
+        "dag_run": SimpleNamespace(logical_date=None, run_after=None), "triggering_asset_events": {},
+    }
+    calls = [
+        (f"{dag.dag_id}.{t.task_id}", Path(t.application).stem, render(dag, t.task_id, ctx))
+        for dag, ctx in ((daily, daily_ctx), (training, training_ctx)) for t in dag.tasks
+    ]
+    out = subprocess.run(
+        [str(PROJECT_PYTHON), "-c", PARSE_ARGS], input=json.dumps(calls), cwd=REPO,
+        capture_output=True, text=True, check=True,
+    )
+    refused = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert refused == KNOWN_BARE_NAME_REFUSALS, out.stderr[-2000:]
+
+
+# Known mismatch (reported to the lead): jobs/evaluate.py and jobs/ab_report.py require
+# NAME@VERSION while jobs/score.py (and jobs/demo.py's calls) take a bare NAME meaning "newest".
+# The DAGs pass bare names by default; pinning versions in the params works today. Empty this set
+# once evaluate/ab_report resolve a bare name: the test then insists every call parses.
+KNOWN_BARE_NAME_REFUSALS = {
+    "infnet_daily.evaluate_champion", "infnet_daily.evaluate_challenger", "infnet_daily.ab_report",
+    "infnet_training.evaluate_valid_infnet", "infnet_training.evaluate_valid_mmoe",
+}
+
+
 def test_the_wrapper_is_executable():
     assert os.stat(common.SPARK_SUBMIT).st_mode & stat.S_IXUSR
 

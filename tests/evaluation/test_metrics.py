@@ -208,26 +208,28 @@ def lake_with_scores(spark, settings):
 
 
 def test_evaluate_job_reruns_replace_rows(spark, lake_with_scores, capsys):
-    from conf.lake import read_table
+    from conf.lake import read_table, write_table
     from conf.tables import METRICS
     from jobs import evaluate
 
     settings = lake_with_scores
+    other = pd.DataFrame([dict(model_name="other", model_version="9", task="click", metric="auc", slice="all",
+                               value=0.5, n=10, date=D2)])
+    write_table(spark.createDataFrame(other).selectExpr(
+        "model_name", "model_version", "task", "metric", "slice", "value", "n", "date"), settings, METRICS)
     argv = ["--lake", settings.lake.root, "--model", "ctl@1", "--dates", "2022-05-01..2022-05-02"]
     assert evaluate.main(argv) == 0
     first = read_table(spark, settings, METRICS).toPandas()
-    assert set(first["date"].astype(str)) == {"2022-05-01", "2022-05-02"}
     assert evaluate.main(argv) == 0
-    assert "auc" in capsys.readouterr().out
-    # another model's rows land beside ctl's and leave them alone
-    assert evaluate.main(["--lake", settings.lake.root, "--model", "trt@2", "--date", "2022-05-02"]) == 0
-    final = read_table(spark, settings, METRICS).toPandas()
-    assert not final.duplicated(["model_name", "model_version", "task", "metric", "slice", "date"]).any()
-    assert len(final[final["model_name"] == "ctl"]) == len(first) > 0
-    trt = final[final["model_name"] == "trt"]
-    assert len(trt) > 0 and set(trt["date"].astype(str)) == {"2022-05-02"}
-    one = final[(final["model_name"] == "ctl") & (final["slice"] == "all") & (final["metric"] == "auc")]
-    assert one["value"].between(0, 1).all() and len(one) == 2 * 3  # 3 binary tasks x 2 dates
+    assert "mtl_auc" in capsys.readouterr().out
+    again = read_table(spark, settings, METRICS).toPandas()
+    assert len(again) == len(first) > 100
+    assert not again.duplicated(["model_name", "model_version", "task", "metric", "slice", "date"]).any()
+    assert len(again[again["model_name"] == "other"]) == 1  # another model's rows are left alone
+    ctl = again[again["model_name"] == "ctl"]
+    assert set(ctl["date"].astype(str)) == {"2022-05-01", "2022-05-02"}
+    aucs = ctl[(ctl["slice"] == "all") & (ctl["metric"] == "auc")]
+    assert len(aucs) == 2 * 3 and aucs["value"].between(0, 1).all()  # 3 binary tasks x 2 dates
 
 
 def test_evaluate_job_missing_scores_is_a_clear_error(lake_with_scores, capsys):

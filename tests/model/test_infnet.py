@@ -145,6 +145,9 @@ def test_block_plan_follows_the_spec_equations():
     default = make()
     assert [len(b.ca) for b in default.blocks] == [4, 2]  # T~ and T attentions, then T's
     assert default.n_user_blocks == 2  # block-2 keys of S are still user-only (layer-0 gate)
+    batch = random_batch(SPEC, 2)
+    state = default.encode_user({"cat_user": batch["cat"][:, :2], "seq": batch["seq"], "seq_gap": batch["seq_gap"]})
+    assert {"seq_tokens_0", "seq_tokens_1"} <= set(state)
     assert make(gate_source="updated").n_user_blocks == 1
 
 

@@ -16,7 +16,6 @@ from model.layers import (
     SequenceEmbedding,
     TargetAttentionPooling,
     TaskTowers,
-    fused_kv,
     masked_mean,
     masked_sum,
 )
@@ -68,17 +67,20 @@ def test_per_type_sequence_tables_differ_but_a_shared_table_is_shared():
     per_type, _ = SequenceEmbedding(SPEC.sequences, dim=8, gap_signal="none")(seq, torch.zeros(1, 3, 1))
     assert not torch.allclose(per_type[0, 0], per_type[0, 1])
     table = torch.nn.Embedding(51, 8)
-    shared, _ = SequenceEmbedding(SPEC.sequences, dim=8, gap_signal="none", shared_table=table)(seq, torch.zeros(1, 3, 1))
+    shared_emb = SequenceEmbedding(SPEC.sequences, dim=8, gap_signal="none", shared_table=table)
+    shared, _ = shared_emb(seq, torch.zeros(1, 3, 1))
     torch.testing.assert_close(shared[0, 0], shared[0, 1])
 
 
-def test_cross_attention_matches_the_formula_for_one_head():
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_cross_attention_matches_the_formula(heads):
     torch.manual_seed(0)
-    ca = MultiHeadCrossAttention(8, n_heads=1)
+    ca = MultiHeadCrossAttention(8, n_heads=heads)
     q, k = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
-    w_k, w_v = ca.kv_weight[:8], ca.kv_weight[8:]
-    expected = torch.softmax(ca.q_proj(q) @ (k @ w_k.t()).transpose(1, 2) / math.sqrt(8), -1) @ (k @ w_v.t())
-    torch.testing.assert_close(ca(q, k), expected)
+    dh = 8 // heads
+    qh, kh, vh = (x.view(2, -1, heads, dh).transpose(1, 2) for x in (ca.q_proj(q), ca.k_proj(k), ca.v_proj(k)))
+    expected = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(dh), -1) @ vh  # [B, h, Q, dh]
+    torch.testing.assert_close(ca(q, k), expected.transpose(1, 2).reshape(2, 3, 8))
 
 
 def test_cross_attention_ignores_padded_keys_and_gives_zero_without_nan_when_all_are_padded():
@@ -99,20 +101,13 @@ def test_cross_attention_ignores_padded_keys_and_gives_zero_without_nan_when_all
 
 def test_non_attentive_cross_attention_is_a_masked_mean_of_values():
     ca = MultiHeadCrossAttention(8, n_heads=2, attentive=False)
-    assert ca.q_proj is None and ca.kv_width == 8
+    assert ca.q_proj is None and ca.k_proj is None
     k = torch.randn(1, 4, 8)
     mask = torch.tensor([[True, False, True, False]])
     out = ca(torch.randn(1, 2, 8), k, mask)
-    expected = masked_mean(k @ ca.kv_weight.t(), mask, dim=1)
+    expected = masked_mean(ca.v_proj(k), mask, dim=1)
     torch.testing.assert_close(out[0, 0], expected[0])
     torch.testing.assert_close(out[0, 1], expected[0])
-
-
-def test_fused_kv_equals_separate_projections():
-    attns = [MultiHeadCrossAttention(8, 2), MultiHeadCrossAttention(8, 2, attentive=False), MultiHeadCrossAttention(8, 2)]
-    keys = torch.randn(2, 5, 8)
-    for fused, a in zip(fused_kv(keys, attns), attns):
-        torch.testing.assert_close(fused, a.project_kv(keys))
 
 
 def test_masked_pooling_handles_empty_rows():

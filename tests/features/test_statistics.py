@@ -1,0 +1,56 @@
+"""Point-in-time statistics: the same strict cut as the sequences, bucketed as documented."""
+from __future__ import annotations
+
+import math
+
+import feature_timeline as tl
+from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS
+
+
+def count_bucket(n: int) -> int:
+    return min(1 + math.floor(math.log2(n + 1) + 1e-9), COUNT_BUCKETS - 1)
+
+
+def rate_bucket(pos: int, n: int, prior: float, strength: float, buckets: int) -> int:
+    r = (pos + prior * strength) / (n + strength)
+    r = min(max(r, 1e-6), 1 - 1e-6)
+    lo, hi = LOGIT_RANGE
+    return min(max(math.floor((math.log(r / (1 - r)) - lo) / (hi - lo) * buckets), 0), buckets - 1) + 1
+
+
+def _expected(entity_of, key, t):
+    earlier = [e for e in tl.EVENTS if entity_of(e) == key and tl.DAY0 + e[2] < t]
+    return len(earlier), sum(e[3] for e in earlier), sum(e[4] for e in earlier), sum(e[5] for e in earlier)
+
+
+def test_user_video_author_stats_count_only_strictly_earlier_events(timeline_rows, feature_settings):
+    author = dict(tl.VIDEOS)
+    entities = {
+        "user": (lambda e: e[0], lambda r: r["user_id"]),
+        "video": (lambda e: e[1], lambda r: r["video_id"]),
+        "author": (lambda e: author[e[1]], lambda r: author[r["video_id"]]),
+    }
+    fs = feature_settings
+    for key, row in timeline_rows.items():
+        if key == "unknown":
+            continue
+        for entity, (of_event, of_row) in entities.items():
+            n, clicks, lvs, likes = _expected(of_event, of_row(row), row["time_ms"])
+            assert row[f"cat_{entity}_n_prior"] == count_bucket(n), (entity, row["time_ms"])
+            for task, pos in (("click", clicks), ("long_view", lvs), ("like", likes)):
+                want = rate_bucket(pos, n, RATE_PRIORS[task], fs.rate_prior_strength, fs.rate_buckets)
+                assert row[f"cat_{entity}_{task}_rate"] == want, (entity, task, row["time_ms"])
+
+
+def test_hand_checked_counts(timeline_rows):
+    by = {(r["user_id"], r["time_ms"] - tl.DAY0, r["video_id"]): r for k, r in timeline_rows.items() if k != "unknown"}
+    assert by[(1, 1_000, 10)]["cat_user_n_prior"] == count_bucket(0) == 1
+    assert by[(1, 3_000, 13)]["cat_user_n_prior"] == count_bucket(3)  # 1000, 2000, 2000; not the duplicate
+    assert by[(2, 3_000, 13)]["cat_video_n_prior"] == count_bucket(0)  # user 1's same-ms view is invisible
+    assert by[(2, 6_000, 10)]["cat_video_n_prior"] == count_bucket(2)
+
+
+def test_unknown_author_is_bucket_zero(timeline_rows):
+    row = timeline_rows["unknown"]
+    assert all(row[f"cat_author_{s}"] == 0 for s in ("n_prior", "click_rate", "long_view_rate", "like_rate"))
+    assert row["cat_user_n_prior"] == count_bucket(0) and row["cat_video_n_prior"] == count_bucket(0)
