@@ -21,5 +21,8 @@ airflow-setup:
 bench: setup
 	$(PY) -m bench.run_all
 
+accuracy: setup
+	$(PY) -m bench.accuracy --lake lake
+
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log .pytest_cache

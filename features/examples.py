@@ -14,7 +14,7 @@ that holds for any version of the table.
 >>> from conf.settings import Settings
 >>> spec = build_spec(Settings())
 >>> spec.feature_columns[:2], spec.sequences[0].column, len(spec.categorical)
-(['cat_user_id', 'cat_user_active_degree'], 'seq_click', 54)
+(['cat_user_id', 'cat_user_active_degree'], 'seq_click', 50)
 >>> example_columns(spec)[:5]
 ['impression_id', 'user_id', 'video_id', 'time_ms', 'date']
 """

@@ -31,10 +31,11 @@ class DemoPlan:
 
 def build_parser():
     parser = base_parser("demo", __doc__.splitlines()[0])
-    parser.add_argument("--source-dir", help="folder with the raw KuaiRand files (default: the bundled copy)")
+    for source in ("log", "users", "videos", "history"):
+        parser.add_argument(f"--{source}", help=f"raw {source} file for ingest (default: the bundled KuaiRand copy)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: train's)")
-    parser.add_argument("--max-users", type=int, default=None,
-                        help="keep only users with user_id < N (a fast smoke run; default: all users)")
+    parser.add_argument("--train-flag", action="append", default=[], metavar="FLAG",
+                        help="extra flag passed to every train step, e.g. --train-flag=--batch-size=512")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the A/B report")
     return parser
 
@@ -43,11 +44,14 @@ def steps(args, plan: DemoPlan) -> list[tuple[str, list[str]]]:
     common = ["--lake", args.lake] if args.lake else []
     if args.master:
         common += ["--master", args.master]
-    ingest = ["--dates", plan.all_dates] + (["--source-dir", args.source_dir] if args.source_dir else [])
-    if args.max_users:
-        ingest += ["--max-users", str(args.max_users)]
+    ingest = ["--dates", plan.all_dates]
+    for source in ("log", "users", "videos", "history"):
+        if getattr(args, source):
+            ingest += [f"--{source}", getattr(args, source)]
     train_common = ["--train-dates", plan.train_dates, "--valid-dates", plan.valid_dates,
-                    "--test-dates", plan.test_dates] + (["--epochs", str(args.epochs)] if args.epochs else [])
+                    "--test-dates", plan.test_dates, "--no-progress", *args.train_flag]
+    if args.epochs:
+        train_common += ["--epochs", str(args.epochs)]
     out: list[tuple[str, list[str]]] = [
         ("ingest", ingest),
         ("quality_gate", ["--table", "bronze_log", "--dates", plan.all_dates]),

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -322,10 +323,10 @@ def previous_partition_count(
     column = table.partition_by[0]
     stored = read_table(spark, settings, table)
     bound = F.lit(partition).cast(stored.schema[column].dataType)
-    previous = stored.where(F.col(column) < bound).agg(F.max(column)).first()[0]
-    if previous is None:
-        return None
-    return str(previous), stored.where(F.col(column) == F.lit(previous)).count()
+    latest = (  # one query; Parquet row counts of the partition column come from file footers
+        stored.where(F.col(column) < bound).groupBy(column).count().orderBy(F.col(column).desc()).limit(1).first()
+    )
+    return None if latest is None else (str(latest[column]), int(latest["count"]))
 
 
 def new_run_id(table_name: str, partition: str, now: dt.datetime) -> str:
@@ -376,6 +377,21 @@ def failure_message(result: GateResult, per_kind: int = 10) -> str:
 # The gate
 # ---------------------------------------------------------------------------------------------
 
+class _Stopwatch:
+    """Seconds per phase, logged so a slow gate shows where its time goes."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name], self._last = round(now - self._last, 2), now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.laps.items())
+
+
 def run_gate(
     spark: SparkSession,
     settings: Settings,
@@ -393,15 +409,19 @@ def run_gate(
     """
     evaluated_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
     run_id = new_run_id(table_name, partition, evaluated_at)
+    clock = _Stopwatch()
     previous = previous_partition_count(spark, settings, table_name, partition)
     if previous is not None:
         suite = suite.with_expectations(row_count_expectation(previous[1], settings.quality.row_count_band, previous[0]))
+    clock.lap("previous_partition")
     row_count: int | None = None
     prepared: DataFrame | None = None
     try:
         prepared = suite.prepare(df).cache()
         row_count = prepared.count()
+        clock.lap("prepare")
         outcomes = validate(prepared, suite, row_count)
+        clock.lap("validate")
     except Exception as err:  # noqa: BLE001 - a suite that cannot even prepare its columns fails the gate
         log.exception("preparing %s for validation failed", suite.name)
         outcomes = [error_outcome("prepare_for_validation", f"{type(err).__name__}: {err}")]
@@ -415,10 +435,13 @@ def run_gate(
         fail_on_warning=settings.quality.fail_on_warning,
     )
     record_results(spark, settings, result)
+    clock.lap("record_results")
     if write_docs:
         from quality.docs import write_data_docs
 
         result = replace(result, docs_path=write_data_docs(spark, settings, result))
+        clock.lap("data_docs")
+    log.info("quality gate timings (s) for %s %s: %s", table_name, partition, clock)
     log.info("quality gate %s", result.summary())
     for o in result.failed_warnings:
         log.warning("quality warning on %s %s: %s", table_name, partition, o.describe())

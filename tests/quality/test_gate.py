@@ -114,7 +114,7 @@ def examples_df(spark, rows: list[dict]):
 
 def _gate_failure(spark, qsettings, table, df, day, suite) -> QualityGateFailed:
     with pytest.raises(QualityGateFailed) as info:
-        run_gate(spark, qsettings, table, df, day, suite)
+        run_gate(spark, qsettings, table, df, day, suite, write_docs=False)  # docs: see the rerun test
     return info.value
 
 
@@ -125,7 +125,7 @@ def _gate_failure(spark, qsettings, table, df, day, suite) -> QualityGateFailed:
 def test_clean_bronze_passes_with_row_count_band(spark, qsettings):
     write_table(bronze_df(spark, bronze_rows("2031-01-01", 50)), qsettings, BRONZE_LOG, {"date": "2031-01-01"})
     result = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, bronze_rows("2031-01-02")), "2031-01-02",
-                      bronze_log_suite())
+                      bronze_log_suite(), write_docs=False)
     assert result.passed, failure_message(result)
     assert all(o.status == PASSED for o in result.outcomes), [o.describe() for o in result.outcomes if not o.success]
     assert (result.previous_partition, result.previous_count, result.row_count) == ("2031-01-01", 50, 60)
@@ -210,7 +210,8 @@ def test_job_fails_on_duplicated_partition(spark, qsettings):
 
 def test_clean_examples_pass(spark, qsettings):
     day = "2030-01-01"
-    result = run_gate(spark, qsettings, "examples", examples_df(spark, example_rows(day)), day, examples_suite(SPEC))
+    result = run_gate(spark, qsettings, "examples", examples_df(spark, example_rows(day)), day, examples_suite(SPEC),
+                      write_docs=False)
     assert result.passed
     assert all(o.status == PASSED for o in result.outcomes), [o.describe() for o in result.outcomes if not o.success]
     assert len(result.outcomes) == len(examples_suite(SPEC).expectations)  # no earlier partition: no band

@@ -1,0 +1,77 @@
+"""The one end-to-end run: ``infnet demo`` as a user runs it, on a user sample of the real log.
+
+It runs in its own process (its own JVM, lake and Derby catalog), then a second process proves
+the catalog is persistent by querying the tables by name with ``infnet sql``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conf.settings import DEMO_DATA_DIR
+
+pytestmark = pytest.mark.e2e
+USER_SAMPLE_MODULO = 40  # ~700 users, ~4k impressions over the 10 days
+
+
+def run_cli(*args: str, timeout: int = 2400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INFNET_SPARK_MASTER": "local[2]", "INFNET_SHUFFLE_PARTITIONS": "2"}
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="module")
+def demo_lake(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    log = pd.read_csv(DEMO_DATA_DIR / "log_standard_4_25_to_5_04_pure.csv.gz")
+    sample = log[log.user_id % USER_SAMPLE_MODULO == 0]
+    sample.to_csv(work / "log.csv.gz", index=False)
+    lake = work / "lake"
+    result = run_cli("demo", "--lake", str(lake), "--log", str(work / "log.csv.gz"), "--epochs", "1",
+                     "--n-boot", "20")
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    return lake, len(sample), result
+
+
+def test_demo_lands_every_table_with_reconciled_counts(spark, demo_lake):
+    lake, n_sample, _ = demo_lake
+    read = lambda name: spark.read.format("delta").load(str(lake / "tables" / name))  # noqa: E731
+    assert read("bronze_log").count() == n_sample
+    assert read("examples").count() == n_sample
+    test_days = read("candidates")
+    n_candidates = test_days.count()
+    assert n_candidates == read("bronze_log").where("date >= '2022-05-03'").count() > 0
+    scores = read("scores")
+    assert sorted(r[0] for r in scores.select("model_name").distinct().collect()) == ["infnet", "mmoe"]
+    for model in ("infnet", "mmoe"):
+        assert scores.where(f"model_name = '{model}'").count() == n_candidates
+    assert scores.where("score_click < 0 OR score_click > 1 OR score_like IS NULL").count() == 0
+    metrics = read("metrics").where("slice = 'all' AND metric = 'auc' AND task = 'click'")
+    assert metrics.count() == 2 * 2  # two models x two test dates
+    assert read("ab_reports").count() > 0
+    assert read("quality_results").where("success = false AND severity = 'critical'").count() == 0
+
+
+def test_demo_writes_the_ab_report_and_models(demo_lake):
+    lake, _, result = demo_lake
+    reports = list((lake / "reports" / "ab").glob("*/summary.md"))
+    assert len(reports) == 1
+    summary = reports[0].read_text()
+    assert all(task in summary for task in ("click", "like", "long_view"))
+    assert "<img" in (reports[0].parent / "report.html").read_text()
+    assert sorted(p.name for p in (lake / "models").iterdir() if not p.name.startswith(".")) == ["infnet", "mmoe"]
+
+
+def test_the_catalog_persists_for_sql_in_a_new_process(demo_lake):
+    lake, _, _ = demo_lake
+    result = run_cli("sql", "--lake", str(lake),
+                     "SELECT model_name, count(*) AS n FROM scores GROUP BY model_name ORDER BY model_name")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "infnet" in result.stdout and "mmoe" in result.stdout
+    bad = run_cli("sql", "--lake", str(lake), "SELECT * FROM no_such_table")
+    assert bad.returncode == 2 and "no_such_table" in bad.stderr.lower()
