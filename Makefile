@@ -19,7 +19,9 @@ airflow-setup:
 	bash scripts/setup_airflow.sh
 
 bench: setup
-	$(PY) -m bench.run_all
+	$(PY) -m bench.feature_build --quick
+	$(PY) -m bench.model_speed --quick
+	$(PY) -m bench.scoring --quick
 
 accuracy: setup
 	$(PY) -m bench.accuracy --lake lake

@@ -16,8 +16,8 @@ table's previous partition, then
 The failure message names the table, partition, expectation and a few offending values, e.g.::
 
     quality gate FAILED for examples partition 2022-05-01 (run ...): 1 critical expectation(s) failed
-      - expect_column_values_to_be_between(seq_click_gap__min) on seq_click_gap [critical]:
-        2 of 1000 rows unexpected (0.2%), e.g. [-1.0, -0.5] -- seq_click_gap >= 0 ...
+      - expect_column_values_to_be_between(seq_click_gap__min) [critical]: 2 of 1000 rows
+        unexpected (0.2%), e.g. [-1.0, -0.5] -- seq_click_gap >= 0 and not null/NaN (a negative gap ...
 """
 from __future__ import annotations
 
@@ -246,11 +246,12 @@ def _gx_validate(batch: Any, name: str, expectations: list, result_format: dict)
     return {r.expectation_config.meta.get("name"): r for r in validation.results}
 
 
-def _merge(verdict: ExpectationOutcome, detail: ExpectationOutcome | None, row_level: bool,
+def _merge(verdict: ExpectationOutcome, detail: ExpectationOutcome | None, exp: Any,
            row_count: int | None) -> ExpectationOutcome:
     """The first pass decides the status; the second pass (if run) supplies counts and samples."""
     if detail is None:
-        if verdict.status == PASSED and row_level:  # no ``mostly`` in our suites: passed means 0 unexpected
+        strict = getattr(exp, "mostly", 1.0) in (None, 1, 1.0)
+        if verdict.status == PASSED and is_row_level(exp) and strict:  # passed without ``mostly``: 0 unexpected
             return replace(verdict, unexpected_count=0, element_count=row_count, observed=f"0 unexpected of {row_count}")
         return verdict
     if detail.status == ERROR:
@@ -300,7 +301,7 @@ def validate(df: DataFrame, suite: TableSuite, row_count: int | None = None) -> 
     for exp, verdict in zip(suite.expectations, verdicts):
         gx_detail = details.get(exp.meta["name"])
         detail = outcome_from_gx(exp.meta, gx_detail) if gx_detail is not None else None
-        outcomes.append(_merge(verdict, detail, is_row_level(exp), row_count))
+        outcomes.append(_merge(verdict, detail, exp, row_count))
     return outcomes
 
 

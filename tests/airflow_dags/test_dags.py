@@ -259,14 +259,8 @@ def test_every_rendered_command_line_is_accepted_by_its_job(daily, training):
     assert refused == KNOWN_BARE_NAME_REFUSALS, out.stderr[-2000:]
 
 
-# Known mismatch (reported to the lead): jobs/evaluate.py and jobs/ab_report.py require
-# NAME@VERSION while jobs/score.py (and jobs/demo.py's calls) take a bare NAME meaning "newest".
-# The DAGs pass bare names by default; pinning versions in the params works today. Empty this set
-# once evaluate/ab_report resolve a bare name: the test then insists every call parses.
-KNOWN_BARE_NAME_REFUSALS = {
-    "infnet_daily.evaluate_champion", "infnet_daily.evaluate_challenger", "infnet_daily.ab_report",
-    "infnet_training.evaluate_valid_infnet", "infnet_training.evaluate_valid_mmoe",
-}
+# Every rendered command line must parse: evaluate/ab_report resolve a bare NAME to the newest version.
+KNOWN_BARE_NAME_REFUSALS: set[str] = set()
 
 
 def test_the_wrapper_is_executable():
