@@ -50,6 +50,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(metastore).parent}",
         "spark.driver.memory": settings.spark.driver_memory,
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        # Delta's default of 50 tasks per snapshot made each small write take 30-80 s locally
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
         # wide contract checks made the optimizer run for minutes (constraint inference blow-up)
         "spark.sql.constraintPropagation.enabled": "false",

@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from conf.lake import read_table, table_exists, write_table
+from conf.lake import qualified_name, read_table, table_exists, write_table
 from conf.settings import Settings
 from conf.tables import ALL_TABLES, QUALITY_RESULTS, TableDef
 from quality.suites import CRITICAL, WARNING, TableSuite, row_count_expectation
@@ -355,7 +355,7 @@ def record_results(spark: SparkSession, settings: Settings, result: GateResult) 
     )
 
 
-def failure_message(result: GateResult, per_kind: int = 10) -> str:
+def failure_message(result: GateResult, per_kind: int = 10, results_table: str = "quality_results") -> str:
     lines = [f"quality gate FAILED for {result.table_name} partition {result.partition} (run {result.run_id})"]
     for title, items in (
         ("could not be evaluated (treated as failed)", result.errors),
@@ -368,7 +368,7 @@ def failure_message(result: GateResult, per_kind: int = 10) -> str:
             if len(items) > per_kind:
                 lines.append(f"  ... and {len(items) - per_kind} more")
     lines.append(
-        f"details: SELECT * FROM quality_results WHERE run_id = '{result.run_id}'"
+        f"details: SELECT * FROM {results_table} WHERE run_id = '{result.run_id}'"
         + (f"; report {result.docs_path}" if result.docs_path else "")
     )
     return "\n".join(lines)
@@ -447,5 +447,5 @@ def run_gate(
     for o in result.failed_warnings:
         log.warning("quality warning on %s %s: %s", table_name, partition, o.describe())
     if not result.passed:
-        raise QualityGateFailed(failure_message(result), result)
+        raise QualityGateFailed(failure_message(result, results_table=qualified_name(settings, QUALITY_RESULTS)), result)
     return result
