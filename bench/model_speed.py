@@ -17,11 +17,11 @@ import argparse
 import statistics
 import time
 import torch
-import torch.nn.functional as F
 
 from features.spec import CategoricalField, FeatureSpec, SequenceField, TaskField
 from model.base import group_by_user, random_batch, repeat_users
 from model.registry import MODEL_NAMES, build_model
+from model.train import MultiTaskLoss
 
 
 def realistic_spec(seq_len: int = 50) -> FeatureSpec:
@@ -85,16 +85,6 @@ def bench_sequence_length(args, device: torch.device) -> None:
         print(f"{n:>9} {3 * n:>8} {t * 1e3:>9.2f} {t / base:>11.2f} {n / lengths[0]:>12.0f}")
 
 
-def multitask_loss(out: torch.Tensor, batch: dict, kinds: tuple[str, ...]) -> torch.Tensor:
-    total = out.new_zeros(())
-    for i, kind in enumerate(kinds):
-        y, m = batch["label"][:, i], batch["mask"][:, i]
-        per_row = F.binary_cross_entropy_with_logits(out[:, i], y, reduction="none") if kind == "binary" \
-            else (out[:, i] - y) ** 2
-        total = total + (per_row * m).sum() / m.sum().clamp_min(1.0)
-    return total
-
-
 def bench_training(args, device: torch.device) -> None:
     spec = realistic_spec(50)
     print(f"\n== Training step throughput (batch {args.train_batch}, seq len 50, Adam, {device}) ==")
@@ -109,7 +99,7 @@ def bench_training(args, device: torch.device) -> None:
         def step():
             batch = batches[step_no[0] % 2]
             step_no[0] += 1
-            loss = multitask_loss(model(batch), batch, model.task_kinds)
+            loss = MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -16,6 +16,7 @@ from model import registry as registry_module
 from features.spec import demo_spec
 from model.base import group_by_user, random_batch, repeat_users
 from model.infnet import INFNet, INFNetConfig, plan_block
+from model.train import MultiTaskLoss
 
 SPEC = demo_spec(seq_len=6)
 SMALL = dict(d=16, cat_proxy_hidden=32, gate_hidden=16, head_hidden=(16,), dropout=0.0)
@@ -45,16 +46,6 @@ def one_thread():
 def make(seed: int = 0, **overrides) -> INFNet:
     torch.manual_seed(seed)
     return INFNet(SPEC, INFNetConfig(**{**SMALL, **overrides}))
-
-
-def multitask_loss(out: torch.Tensor, batch: dict, kinds: tuple[str, ...]) -> torch.Tensor:
-    total = out.new_zeros(())
-    for i, kind in enumerate(kinds):
-        y, m = batch["label"][:, i], batch["mask"][:, i]
-        per_row = F.binary_cross_entropy_with_logits(out[:, i], y, reduction="none") if kind == "binary" \
-            else (out[:, i] - y) ** 2
-        total = total + (per_row * m).sum() / m.sum().clamp_min(1.0)
-    return total
 
 
 def test_output_shape_kinds_and_finite_even_for_empty_histories():
@@ -115,7 +106,7 @@ def test_the_time_gap_matters_only_with_the_gap_signal():
 def test_gradients_reach_every_parameter(variant):
     model = make(**VARIANTS[variant]).train()
     batch = random_batch(SPEC, 8, seed=6)
-    multitask_loss(model(batch), batch, model.task_kinds).backward()
+    MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient reached {missing}"
     dead = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
@@ -157,7 +148,7 @@ def test_a_tiny_batch_can_be_overfit():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(100):
-        loss = multitask_loss(model(batch), batch, model.task_kinds)
+        loss = MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0]
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()

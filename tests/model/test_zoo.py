@@ -13,6 +13,7 @@ from features.spec import demo_spec
 from model.base import RankingModel, group_by_user, random_batch, repeat_users
 from model.baselines import DIN, DINConfig
 from model.registry import MODEL_NAMES, build_model, config_class, make_config
+from model.train import MultiTaskLoss
 
 SPEC = demo_spec(seq_len=6)
 
@@ -24,17 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def multitask_loss(out: torch.Tensor, batch: dict, kinds: tuple[str, ...]) -> torch.Tensor:
-    """BCE on binary tasks + MSE on regression tasks, each over its labelled rows only."""
-    total = out.new_zeros(())
-    for i, kind in enumerate(kinds):
-        y, m = batch["label"][:, i], batch["mask"][:, i]
-        per_row = F.binary_cross_entropy_with_logits(out[:, i], y, reduction="none") if kind == "binary" \
-            else (out[:, i] - y) ** 2
-        total = total + (per_row * m).sum() / m.sum().clamp_min(1.0)
-    return total
 
 
 def test_the_registry_lists_the_issue_s_models():
@@ -52,7 +42,7 @@ def test_one_train_step(name):
     batch = random_batch(SPEC, 16, seed=1)
     out = model.train()(batch)
     assert out.shape == (16, len(SPEC.tasks)) and torch.isfinite(out).all()
-    loss = multitask_loss(out, batch, model.task_kinds)
+    loss = MultiTaskLoss(model.spec)(out, batch["label"], batch["mask"])[0]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
@@ -61,7 +51,7 @@ def test_one_train_step(name):
     assert not missing, f"no gradient reached {missing}"
     opt.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    assert multitask_loss(model(batch), batch, model.task_kinds) < loss
+    assert MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0] < loss
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -127,7 +117,7 @@ def test_a_tiny_batch_can_be_overfit(name):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
-        loss = multitask_loss(model(batch), batch, model.task_kinds)
+        loss = MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0]
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
