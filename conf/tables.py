@@ -35,6 +35,13 @@ SCORES = TableDef(
 )
 METRICS = TableDef("metrics", ("model_name", "model_version", "task", "metric", "slice", "date"), ("date",))
 AB_REPORTS = TableDef("ab_reports", ("report_id", "task", "metric", "slice"), ())
+
+
+def score_column(task) -> str:
+    """The ``scores`` column of a task (a task name or a ``TaskField``): ``score_<task>``."""
+    return f"score_{task if isinstance(task, str) else task.name}"
+
+
 QUALITY_RESULTS = TableDef("quality_results", ("run_id", "table_name", "expectation"), ())
 
 ALL_TABLES = (

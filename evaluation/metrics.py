@@ -46,6 +46,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from conf.tables import score_column  # noqa: F401 - re-exported for evaluation.ab
 from features.spec import TaskField
 
 LOGLOSS_EPS = 1e-7
@@ -65,10 +66,6 @@ METRICS_SCHEMA = T.StructType([
     T.StructField("value", T.DoubleType(), True),  # null: undefined (one class only, ...)
     T.StructField("n", T.LongType(), False),
 ])
-
-
-def score_column(task: TaskField | str) -> str:
-    return f"score_{task if isinstance(task, str) else task.name}"
 
 
 def tasks_in_columns(columns: Iterable[str], known: Sequence[TaskField]) -> list[TaskField]:

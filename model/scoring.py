@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from conf.tables import score_column
 from features.spec import FeatureSpec
 from model.data import arrow_to_batch
 from model.predict import Predictor, get_predictor, outputs_to_predictions
@@ -38,10 +39,6 @@ class ScoringSettings:
     udf: str = "arrow"  # "arrow" (mapInArrow) | "pandas" (mapInPandas); same worker function
     device: str = "auto"  # "auto": the task's GPU if Spark assigned one, else CUDA if present, else CPU
     torch_threads: int | None = None  # None: what Spark gives a task (OMP_NUM_THREADS / spark.task.cpus)
-
-
-def score_column(task: str) -> str:
-    return f"score_{task}"
 
 
 def output_schema_ddl(spec: FeatureSpec, passthrough: Sequence[str]) -> str:
