@@ -28,12 +28,13 @@ def _unpersist(*dfs):
 
 
 def real_inputs(spark):
+    from conf.settings import raw_sources
     from features.contracts import (HISTORY_CONTRACT, LOG_CONTRACT, USER_CONTRACT, VIDEO_CONTRACT, bronze_log,
                                     split_valid)
-    from jobs.ingest import DEFAULT_SOURCES, read_raw
+    from jobs.ingest import read_raw
 
     def valid(name, contract):
-        return split_valid(read_raw(spark, str(DEFAULT_SOURCES[name]), contract), contract)[0]
+        return split_valid(read_raw(spark, raw_sources()[name], contract), contract)[0]
 
     return (bronze_log(valid("log", LOG_CONTRACT)), valid("users", USER_CONTRACT),
             valid("videos", VIDEO_CONTRACT), valid("history", HISTORY_CONTRACT))

@@ -7,6 +7,8 @@ same values) and jobs may override them again from their flags:
 - ``INFNET_SPARK_MASTER``: Spark master, default ``local[*]``
 - ``INFNET_SHUFFLE_PARTITIONS``: ``spark.sql.shuffle.partitions``, default 8
 - ``INFNET_JARS_DIR``: folder with the Delta jars resolved by ``scripts/setup.sh``
+- ``INFNET_RAW_DIR``: folder the ingest job reads its raw files from by default (the landing
+  zone), default the bundled KuaiRand subset ``<repo>/data/kuairand_pure_subset``
 
 >>> s = Settings()
 >>> s.features.seq_len
@@ -20,6 +22,25 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA_DIR = REPO_ROOT / "data" / "kuairand_pure_subset"
+
+
+# The raw files of one landing zone, by role; ingest reads ``<raw dir>/<file>`` unless a flag says otherwise.
+RAW_SOURCE_FILES = {
+    "log": "log_standard_4_25_to_5_04_pure.csv.gz",
+    "users": "user_features_pure.csv",
+    "videos": "video_features_basic_pure.csv",
+    "history": "history_4_08_to_4_24_pure.parquet",
+}
+
+
+def raw_sources(raw_dir: str | None = None) -> dict[str, str]:
+    """Default raw file per role, under ``raw_dir`` (default ``$INFNET_RAW_DIR`` or the demo data).
+
+    >>> raw_sources("/landing")["users"]
+    '/landing/user_features_pure.csv'
+    """
+    root = raw_dir or os.environ.get("INFNET_RAW_DIR") or str(DEMO_DATA_DIR)
+    return {role: f"{root.rstrip('/')}/{name}" for role, name in RAW_SOURCE_FILES.items()}
 
 
 def _default_lake() -> str:

@@ -11,6 +11,8 @@ unless rows read = rows landed + rows quarantined.
   bronze_videos   whole-table overwrite
   bronze_history  whole-table overwrite
 
+Raw files default to $INFNET_RAW_DIR (the landing zone; default the bundled demo data).
+
 example:  infnet ingest --dates 2022-04-25..2022-04-26 --lake /tmp/lake
 """
 from __future__ import annotations
@@ -20,17 +22,10 @@ import logging
 import sys
 import uuid
 
-from conf.settings import DEMO_DATA_DIR
+from conf.settings import raw_sources
 from jobs.common import JobError, base_parser, parse_dates, run_job
 
 log = logging.getLogger("infnet.ingest")
-
-DEFAULT_SOURCES = {
-    "log": DEMO_DATA_DIR / "log_standard_4_25_to_5_04_pure.csv.gz",
-    "users": DEMO_DATA_DIR / "user_features_pure.csv",
-    "videos": DEMO_DATA_DIR / "video_features_basic_pure.csv",
-    "history": DEMO_DATA_DIR / "history_4_08_to_4_24_pure.parquet",
-}
 
 
 def build_parser():
@@ -38,8 +33,8 @@ def build_parser():
     parser.add_argument("--date", "--dates", dest="dates", type=parse_dates,
                         help="log date(s) to land: YYYY-MM-DD, a comma list or a range a..b "
                              "(default: every date in the log file)")
-    for name, path in DEFAULT_SOURCES.items():
-        parser.add_argument(f"--{name}", default=str(path),
+    for name, path in raw_sources().items():  # $INFNET_RAW_DIR or the bundled demo data
+        parser.add_argument(f"--{name}", default=path,
                             help=f"{name} file, folder or glob: CSV, CSV.gz or Parquet (default: {path})")
     return parser
 

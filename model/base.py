@@ -51,7 +51,8 @@ class RankingModel(nn.Module):
     """Base class: ``task_kinds``, ``encode_user``, ``forward``, ``n_params``.
 
     Subclasses implement :meth:`encode_user` and :meth:`score` (the candidate part, reading
-    ``user_rows``: the user state already aligned row by row with ``cat``). :meth:`embed_cat`
+    ``user_rows``: the user state already aligned row by row with ``cat``), and may override
+    :meth:`score_per_user`. :meth:`embed_cat`
     rebuilds the ``[B, M, d]`` categorical embeddings in spec order from the user part cached in
     the state (key ``"cat_user"``) and the candidate part embedded from ``cat``.
     """
@@ -84,10 +85,16 @@ class RankingModel(nn.Module):
         """``Tensor[B, T]``. With ``user_state``, ``batch`` needs only ``"cat"``; ``user_index``
         (``Long[B]``) maps rows to state rows (``None``: row ``i`` uses state row ``i``)."""
         if user_state is None:
-            user_state = self.encode_user(user_batch(batch, self.spec))
-        elif user_index is not None:
-            user_state = take_user_rows(user_state, user_index)
-        return self.score(batch["cat"], user_state)
+            return self.score(batch["cat"], self.encode_user(user_batch(batch, self.spec)))
+        if user_index is None:
+            return self.score(batch["cat"], user_state)
+        return self.score_per_user(batch["cat"], user_state, user_index)
+
+    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor) -> Tensor:
+        """The candidate part over a per-user state (``user_index`` maps rows to state rows).
+        By default the state is expanded row by row; a model whose candidate part reads large
+        user tensors (INFNet's sequence keys) overrides this to read them once per user."""
+        return self.score(cat, take_user_rows(user_state, user_index))
 
     def n_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -34,7 +34,10 @@ Attention is computed query-side (``W_K`` / ``W_V`` folded into the few queries,
 :class:`~model.layers.MultiHeadCrossAttention`), so the keys of a block are its raw tokens.
 User-side reuse: ``S`` (block-1 keys), ``S~`` and the mask depend only on the user; with
 ``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so the
-block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes.
+block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes. Scoring the
+candidates of a request (:meth:`INFNet.score_per_user`) reads those keys once per user: the
+candidates' queries are packed per user (:class:`~model.layers.RowGroups`) instead of the
+``[L, d]`` keys being copied to every candidate row.
 
 >>> import torch
 >>> from features.spec import demo_spec
@@ -49,7 +52,7 @@ block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes.
 >>> from model.base import user_batch
 >>> state = model.encode_user(user_batch(batch, spec))  # user side of each row (dedupe: group_by_user)
 >>> sorted(state)
-['cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0', 'seq_tokens_1']
+['attended_t_s', 'attended_tp_s', 'cat_proxy_user', 'cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0', 'seq_tokens_1']
 """
 from __future__ import annotations
 
@@ -57,15 +60,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from features.spec import FeatureSpec
-from model.base import RankingModel, UserState
+from model.base import RankingModel, UserState, take_user_rows
 from model.layers import (
     MLP,
     CategoricalEmbedding,
     GapSignal,
     MultiHeadCrossAttention,
+    RowGroups,
     SequenceEmbedding,
     TaskTowers,
     masked_mean,
@@ -150,6 +155,18 @@ def plan_block(cfg: INFNetConfig, needed_out: frozenset[str]) -> tuple[frozenset
     return frozenset(computes), frozenset(needed_in)
 
 
+_QUERY_STREAM = {"cp": "Cp", "sp": "Sp", "tp": "Tp", "t": "T"}
+# Streams of layer 0 that do not depend on the candidate: S and S~ (the user alone), T and T~ (parameters).
+_LAYER0_USER_ONLY = frozenset({"S", "Sp", "T", "Tp"})
+
+
+def user_only_attentions(block: "INFNetBlock") -> tuple[str, ...]:
+    """The cross-attentions of the FIRST block whose query and keys are both candidate-free at
+    layer 0 (``S~ <- T``, ``T~ <- S``, ``T <- S``): computed once per user in ``encode_user``."""
+    return tuple(name for name in block.ca
+                 if _QUERY_STREAM[name.split("_")[0]] in _LAYER0_USER_ONLY and _KEYS[name[-1]] in _LAYER0_USER_ONLY)
+
+
 class INFNetBlock(nn.Module):
     """One block l -> l+1 over the stream dict ``{C, S, seq_mask, T, Cp, Sp, Tp}``; computes (and
     owns parameters for) only ``computes`` (see :func:`plan_block`)."""
@@ -190,16 +207,23 @@ class INFNetBlock(nn.Module):
         return out * seq_mask.unsqueeze(-1).to(out.dtype)
 
     # -- the block -----------------------------------------------------------------------------
-    def forward(self, st: dict[str, Tensor | None], update_seq: bool = True) -> dict[str, Tensor | None]:
-        """``update_seq=False``: leave ``S`` as it is (the caller has the next block's ``S`` cached)."""
+    def forward(self, st: dict[str, Tensor | None], update_seq: bool = True,
+                seq_groups: RowGroups | None = None,
+                attended: dict[str, Tensor] | None = None) -> dict[str, Tensor | None]:
+        """``update_seq=False``: leave ``S`` as it is (the caller has the next block's ``S`` cached).
+        ``seq_groups``: ``S`` and ``seq_mask`` hold one row per user (see :class:`RowGroups`).
+        ``attended``: cross-attention outputs already computed, by name (:func:`user_only_attentions`)."""
         C, S, smask, T = st["C"], st["S"], st["seq_mask"], st["T"]
-        keys = {"c": (C, None), "s": (S, smask), "t": (T, None)}
+        keys = {"c": (C, None, None), "s": (S, smask, seq_groups), "t": (T, None, None)}
+        attended = attended or {}
 
         def flow(stream: str, query: Tensor) -> Tensor:
             """Sum of the cross-attentions of ``stream`` (heterogeneous flow)."""
             total = 0
             for name in _ATTENTIONS_OF[stream]:
-                if name in self.ca:
+                if name in attended:
+                    total = total + attended[name]
+                elif name in self.ca:
                     total = total + self.ca[name](query, *keys[name[-1]])
             return total
 
@@ -241,6 +265,12 @@ class INFNet(RankingModel):
         self.needed_inputs = needed
         self.cat_proxy = (MLP(n_cat * d, (config.cat_proxy_hidden,), m * d, config.dropout)  # phi_cat
                           if "Cp" in needed else None)
+        # phi_cat's first layer is linear in Flatten(C): its user fields' share is computed once per
+        # user (encode_user), the candidate fields' share per row. Columns of each field's d slots:
+        field_cols = lambda fields: torch.tensor([f * d + j for f in fields for j in range(d)],  # noqa: E731
+                                                 dtype=torch.long)
+        self.register_buffer("_user_cols", field_cols(self.user_fields), persistent=False)
+        self.register_buffer("_candidate_cat_cols", field_cols(self.candidate_fields), persistent=False)
         self.seq_proxy = nn.Linear(d, d) if "Sp" in needed else None  # phi_seq, shared by the behaviour types
         self.shared_task_tokens = (nn.Parameter(torch.randn(config.n_shared_task_tokens, d) * config.task_token_std)
                                    if "Tp" in needed else None)
@@ -260,24 +290,70 @@ class INFNet(RankingModel):
 
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
         """User fields' embeddings (``cat_user``), the sequence mask, ``S~`` of layer 0
-        (``seq_proxy``) and the sequence tokens every block from the first ``n_user_blocks`` reads
-        (``seq_tokens_<block>``, stored where they change)."""
+        (``seq_proxy``), the sequence tokens every block from the first ``n_user_blocks`` reads
+        (``seq_tokens_<block>``, stored where they change), the user fields' share of ``phi_cat``'s
+        first layer (``cat_proxy_user``) and the first block's cross-attentions that involve no
+        candidate (``attended_<name>``, see :func:`user_only_attentions`)."""
         cfg = self.config
         cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
         tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])  # [U, F, N, d]
         seq, seq_mask = tokens.flatten(1, 2), mask.flatten(1)
         state = {"cat_user": cat_user, "seq_mask": seq_mask}
+        if self.cat_proxy is not None and self.user_fields:
+            first = self.cat_proxy[0]
+            state["cat_proxy_user"] = F.linear(cat_user.flatten(1), first.weight.index_select(1, self._user_cols))
         seq_proxy = None
         if self.seq_proxy is not None:
             pool = masked_sum if cfg.seq_proxy_pooling == "sum" else masked_mean
             seq_proxy = state["seq_proxy"] = pool(self.seq_proxy(tokens), mask, dim=2)  # [U, F, d]
         state["seq_tokens_0"] = seq
+        layer0 = {"S": (seq, seq_mask), "Sp": (seq_proxy, None), "T": (self._tokens(self.task_tokens, len(seq)), None),
+                  "Tp": (self._tokens(self.shared_task_tokens, len(seq)), None)}
+        for name in user_only_attentions(self.blocks[0]):
+            query, (keys, key_mask) = layer0[_QUERY_STREAM[name.split("_")[0]]][0], layer0[_KEYS[name[-1]]]
+            state[f"attended_{name}"] = self.blocks[0].ca[name](query, keys, key_mask)
         for i in range(1, self.n_user_blocks):  # S after block i-1 is still user-only: cache it
             if "S" in self.blocks[i - 1].computes:
                 seq = state[f"seq_tokens_{i}"] = self.blocks[i - 1].update_seq(seq, seq_proxy, seq_mask)
         return state
 
+    def _cat_proxy(self, C: Tensor, user_rows: UserState) -> Tensor | None:
+        """``C~ = Reshape(phi_cat(Flatten(C)))``, the first layer's user share read from the state."""
+        if self.cat_proxy is None:
+            return None
+        b, cfg = C.shape[0], self.config
+        if "cat_proxy_user" not in user_rows:
+            return self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d)
+        first = self.cat_proxy[0]
+        candidate = F.linear(C.flatten(1).index_select(1, self._candidate_cat_cols),
+                             first.weight.index_select(1, self._candidate_cat_cols), first.bias)
+        x = candidate + user_rows["cat_proxy_user"]
+        for layer in list(self.cat_proxy)[1:]:
+            x = layer(x)
+        return x.view(b, cfg.n_cat_proxies, cfg.d)
+
+    @staticmethod
+    def _tokens(tokens: nn.Parameter | None, rows: int) -> Tensor | None:
+        return None if tokens is None else tokens.expand(rows, -1, -1)
+
     def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
+        return self._score(cat, user_rows)
+
+    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor) -> Tensor:
+        """The small per-user tensors (user fields, ``S~``) are expanded to rows; the sequence keys
+        and mask stay one row per user, read by every candidate of that user through
+        :class:`~model.layers.RowGroups`, until a block makes ``S`` row-dependent."""
+        groups = RowGroups.build(user_index, user_state["seq_mask"].shape[0])
+        if groups is None:  # too uneven to pack: expand everything
+            return self._score(cat, take_user_rows(user_state, user_index))
+        small = {k: v.index_select(0, user_index) for k, v in user_state.items()
+                 if k != "seq_mask" and not k.startswith("seq_tokens_")}
+        per_user = {k: v for k, v in user_state.items() if k not in small}
+        return self._score(cat, {**per_user, **small}, groups, user_index)
+
+    def _score(self, cat: Tensor, user_rows: UserState, groups: RowGroups | None = None,
+               user_index: Tensor | None = None) -> Tensor:
+        """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
         cfg = self.config
         C = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, d]
         b = C.shape[0]
@@ -285,17 +361,23 @@ class INFNet(RankingModel):
             "C": C,
             "S": None,
             "seq_mask": user_rows["seq_mask"],
-            "Cp": None if self.cat_proxy is None else self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d),
+            "Cp": self._cat_proxy(C, user_rows),
             "Sp": user_rows.get("seq_proxy"),
-            "Tp": None if self.shared_task_tokens is None else self.shared_task_tokens.expand(b, -1, -1),
-            "T": None if self.task_tokens is None else self.task_tokens.expand(b, -1, -1),
+            "Tp": self._tokens(self.shared_task_tokens, b),
+            "T": self._tokens(self.task_tokens, b),
         }
+        attended0 = {k.removeprefix("attended_"): v for k, v in user_rows.items() if k.startswith("attended_")}
         seq = user_rows["seq_tokens_0"]
         for i, block in enumerate(self.blocks):
             if i < self.n_user_blocks:
                 seq = user_rows.get(f"seq_tokens_{i}", seq)
+            update_seq = i + 1 >= self.n_user_blocks
+            if groups is not None and update_seq and "S" in block.computes:
+                # this block gates S with a row-dependent proxy: from here on S is per row
+                seq, st["seq_mask"] = seq.index_select(0, user_index), st["seq_mask"].index_select(0, user_index)
+                groups = None
             st["S"] = seq
-            st = block(st, update_seq=i + 1 >= self.n_user_blocks)
+            st = block(st, update_seq=update_seq, seq_groups=groups, attended=attended0 if i == 0 else None)
             seq = st["S"] if st["S"] is not None else seq
         if st["T"] is not None:
             return self.heads(st["T"])  # task i reads its own final task token

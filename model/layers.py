@@ -10,7 +10,8 @@ zeros, never NaN).
 - :class:`SequenceEmbedding` — per-behaviour-type item tables plus an optional learned projection of
   the time gap; returns tokens zeroed at padding and the validity mask.
 - :class:`MultiHeadCrossAttention` — ``softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V`` with a key
-  padding mask, computed query-side (cheap when a few proxies query many tokens).
+  padding mask, computed query-side (cheap when a few proxies query many tokens); with
+  :class:`RowGroups` many query rows share one key set (the candidates of a request, one user).
 - :class:`TargetAttentionPooling` — DIN's activation unit (candidate-aware weighting of a sequence).
 - :class:`MLP`, :class:`TaskTowers`, :func:`masked_sum`, :func:`masked_mean`.
 
@@ -252,6 +253,54 @@ class SequenceEmbedding(nn.Module):
 # Attention
 # =============================================================================================
 
+class RowGroups:
+    """Rows of a batch grouped by the key set they read: row ``i`` reads key set ``group_of[i]``.
+
+    Candidates of one request attend to the same user sequence. Instead of copying the ``[L, d]``
+    keys to every row, the rows' queries are packed per group into a padded ``[G, R, ...]`` layout
+    (``R`` = the largest group), so one batched matmul per group serves all of its rows. Built by
+    :meth:`build`, which returns ``None`` when the padding would waste more than ``max_padding``
+    (a few huge groups among many tiny ones): the caller then expands the keys per row.
+
+    >>> groups = RowGroups.build(torch.tensor([1, 0, 1, 1]), n_groups=2)
+    >>> groups.n_groups, groups.slots
+    (2, 3)
+    >>> x = torch.tensor([[10.], [20.], [11.], [12.]])
+    >>> groups.pad(x)[:, :, 0].tolist()
+    [[20.0, 0.0, 0.0], [10.0, 11.0, 12.0]]
+    >>> bool((groups.unpad(groups.pad(x)) == x).all())
+    True
+    """
+
+    def __init__(self, slot_of_row: Tensor, n_groups: int, slots: int):
+        self.slot_of_row, self.n_groups, self.slots = slot_of_row, n_groups, slots
+
+    @classmethod
+    def build(cls, group_of: Tensor, n_groups: int, max_padding: float = 2.0) -> "RowGroups | None":
+        n_rows = group_of.shape[0]
+        counts = torch.bincount(group_of, minlength=n_groups)
+        slots = int(counts.max()) if n_rows else 0
+        if n_rows == 0 or n_groups * slots > max_padding * n_rows:
+            return None
+        order = torch.argsort(group_of, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        sorted_groups = group_of[order]
+        rank_in_group = torch.arange(n_rows, device=group_of.device) - starts[sorted_groups]
+        slot_of_row = torch.empty_like(group_of)
+        slot_of_row[order] = sorted_groups * slots + rank_in_group
+        return cls(slot_of_row, n_groups, slots)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """``[B, ...]`` -> ``[G, R, ...]`` (zeros in unused slots)."""
+        out = x.new_zeros((self.n_groups * self.slots, *x.shape[1:]))
+        out[self.slot_of_row] = x
+        return out.view(self.n_groups, self.slots, *x.shape[1:])
+
+    def unpad(self, y: Tensor) -> Tensor:
+        """``[G, R, ...]`` -> ``[B, ...]``."""
+        return y.reshape(self.n_groups * self.slots, *y.shape[2:]).index_select(0, self.slot_of_row)
+
+
 class MultiHeadCrossAttention(nn.Module):
     """``CA(Q, K, V) = softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V``, ``n_heads`` heads, key padding mask.
 
@@ -263,6 +312,10 @@ class MultiHeadCrossAttention(nn.Module):
     ``(q_h W_K,h) K^T`` and ``(w_h K) W_V,h^T`` per head, which is the same product but costs
     ``O(heads * Q * L * d)`` instead of projecting all ``L`` keys (``O(L * d^2)``), and leaves the
     raw key tokens as the only thing worth caching per user.
+
+    With ``groups`` (:class:`RowGroups`), ``keys`` / ``key_mask`` hold one row per group
+    (``[G, L, d]``: one user's sequence for all the candidates of a request) and each query row
+    reads its group's keys; the result equals the per-row call on the expanded keys.
 
     ``attentive=False`` is the "no cross-attention" ablation: every valid key gets the same
     weight (masked mean of ``V W_V``), so there is no ``W_Q`` / ``W_K`` at all.
@@ -277,22 +330,38 @@ class MultiHeadCrossAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=False) if attentive else None
         self.v_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """``query [B, Q, d]``, ``keys [B, L, d]``, ``key_mask [B, L]`` -> ``[B, Q, d]``."""
+    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None,
+                groups: RowGroups | None = None) -> Tensor:
+        """``query [B, Q, d]``, ``keys [B, L, d]``, ``key_mask [B, L]`` -> ``[B, Q, d]``
+        (``keys [G, L, d]`` and ``key_mask [G, L]`` with ``groups``)."""
         b, n_q, d = query.shape
         n_k, h, dh = keys.shape[1], self.n_heads, self.head_dim
+        # Rows of the key sets: [K, X, d] queries against [K, L, d] keys, X queries per key set.
+        n_sets, per_set = (groups.n_groups, groups.slots * h * n_q) if groups is not None else (b, h * n_q)
         if self.attentive:
             q = self.q_proj(query).view(b, n_q, h, dh)
             q_keyspace = torch.einsum("bqhe,hed->bhqd", q, self.k_proj.weight.view(h, dh, d)) / math.sqrt(dh)
-            scores = torch.bmm(q_keyspace.reshape(b, h * n_q, d), keys.transpose(1, 2)).view(b, h, n_q, n_k)
+            q_keyspace = q_keyspace.reshape(b, h * n_q, d)
+            if groups is not None:
+                q_keyspace = groups.pad(q_keyspace).view(n_sets, per_set, d)
         else:
-            scores = query.new_zeros((b, h, n_q, n_k))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
-            weights = torch.softmax(scores, dim=-1) * key_mask.any(-1).to(scores.dtype)[:, None, None, None]
+            q_keyspace = None
+        # Padding as an additive bias fused into the score matmul: half the dtype's minimum stays
+        # finite, so a set with no valid key gets uniform (finite) weights, zeroed below.
+        bias = (None if key_mask is None else
+                (~key_mask).to(keys.dtype)[:, None, :] * (torch.finfo(keys.dtype).min / 2))
+        if q_keyspace is None:
+            scores = query.new_zeros((n_sets, per_set, n_k)) if bias is None else bias.expand(n_sets, per_set, n_k)
+        elif bias is None:
+            scores = torch.bmm(q_keyspace, keys.transpose(1, 2))
         else:
-            weights = torch.softmax(scores, dim=-1)
-        context = torch.bmm(weights.reshape(b, h * n_q, n_k), keys).view(b, h, n_q, d)  # weighted raw keys
+            scores = torch.baddbmm(bias, q_keyspace, keys.transpose(1, 2))
+        context = torch.bmm(torch.softmax(scores, dim=-1), keys)  # weighted raw keys, [K, X, d]
+        if key_mask is not None:  # no valid key: zero output (on [K, X, d], not the [K, X, L] weights)
+            context = context * key_mask.any(-1).to(context.dtype)[:, None, None]
+        if groups is not None:
+            context = groups.unpad(context.view(n_sets, groups.slots, h * n_q, d))
+        context = context.reshape(b, h, n_q, d)
         return torch.einsum("bhqd,hed->bqhe", context, self.v_proj.weight.view(h, dh, d)).reshape(b, n_q, d)
 
 

@@ -16,6 +16,7 @@ from model import registry as registry_module
 from features.spec import demo_spec
 from model.base import group_by_user, random_batch, repeat_users
 from model.infnet import INFNet, INFNetConfig, plan_block
+from model.layers import RowGroups
 from model.train import MultiTaskLoss
 
 SPEC = demo_spec(seq_len=6)
@@ -113,12 +114,20 @@ def test_gradients_reach_every_parameter(variant):
     assert not dead, f"zero gradient for {dead}"
 
 
+# Rows of a request together, rows interleaved, and one user with most rows (too uneven to pack
+# per user: the keys are expanded per row instead).
+ROW_LAYOUTS = {"grouped": [0, 0, 0, 4, 4, 8, 8, 8, 8], "interleaved": [0, 4, 8, 0, 8, 4, 8, 0, 8],
+               "skewed": [0, 0, 0, 0, 0, 0, 0, 4, 8]}
+
+
+@pytest.mark.parametrize("layout", sorted(ROW_LAYOUTS))
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_user_side_reuse_equals_the_plain_forward(variant):
+def test_user_side_reuse_equals_the_plain_forward(variant, layout):
     model = make(**VARIANTS[variant]).eval()
-    batch = repeat_users(random_batch(SPEC, 9, seed=7), SPEC, [0, 0, 0, 4, 4, 8, 8, 8, 8])
+    batch = repeat_users(random_batch(SPEC, 9, seed=7), SPEC, ROW_LAYOUTS[layout])
     batch_user, user_index = group_by_user(batch, SPEC)
     assert batch_user["cat_user"].shape[0] == 3
+    assert (RowGroups.build(user_index, 3) is None) == (layout == "skewed")
     state = model.encode_user(batch_user)
     assert all(v.shape[0] == 3 for v in state.values())
     reused = model({"cat": batch["cat"]}, state, user_index)

@@ -13,6 +13,7 @@ from model.layers import (
     MLP,
     CategoricalEmbedding,
     MultiHeadCrossAttention,
+    RowGroups,
     SequenceEmbedding,
     TargetAttentionPooling,
     TaskTowers,
@@ -97,6 +98,27 @@ def test_cross_attention_ignores_padded_keys_and_gives_zero_without_nan_when_all
     q.requires_grad_(True)
     ca(q, k, mask).sum().backward()
     assert torch.isfinite(q.grad).all() and all(torch.isfinite(p.grad).all() for p in ca.parameters())
+
+
+@pytest.mark.parametrize("attentive", [True, False])
+def test_grouped_cross_attention_equals_the_expanded_keys(attentive):
+    """Query rows reading their group's keys (one key set per user) = keys copied to every row."""
+    torch.manual_seed(0)
+    ca = MultiHeadCrossAttention(8, n_heads=2, attentive=attentive)
+    keys, query = torch.randn(3, 5, 8), torch.randn(7, 4, 8)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    group_of = torch.tensor([2, 0, 1, 0, 0, 1, 2])
+    groups = RowGroups.build(group_of, n_groups=3)
+    assert groups is not None and groups.slots == 3
+    expected = ca(query, keys.index_select(0, group_of), mask.index_select(0, group_of))
+    torch.testing.assert_close(ca(query, keys, mask, groups=groups), expected)
+    assert ca(query, keys, mask, groups=groups)[group_of == 2].abs().sum() == 0  # all keys padded
+
+
+def test_row_groups_refuse_to_pad_past_the_limit():
+    assert RowGroups.build(torch.tensor([0] * 6 + [1, 2]), n_groups=3) is None  # 3 x 6 slots > 2 x 8 rows
+    assert RowGroups.build(torch.tensor([0] * 6 + [1, 2]), n_groups=3, max_padding=3.0) is not None
+    assert RowGroups.build(torch.zeros(0, dtype=torch.long), n_groups=0) is None
 
 
 def test_non_attentive_cross_attention_is_a_masked_mean_of_values():
