@@ -117,6 +117,17 @@ def pad_lists(arr: pa.Array, max_len: int, dtype) -> np.ndarray:
     return out
 
 
+def categorical_matrix(data: ArrowData, spec: FeatureSpec, fields: Iterable[int] | None = None) -> np.ndarray:
+    """``Long[rows, M]`` of the spec's categorical columns (reserved bucket 0 for nulls and
+    out-of-range ids). With ``fields`` (indices into ``spec.categorical``) only those columns are
+    converted and the others stay 0: scoring reads the user fields from the user state instead."""
+    out = np.zeros((data.num_rows, len(spec.categorical)), dtype=np.int64)
+    for i in (range(len(spec.categorical)) if fields is None else fields):
+        field = spec.categorical[i]
+        out[:, i] = _int_column(_column(data, field.column), field.vocab_size)
+    return out
+
+
 def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None) -> dict[str, torch.Tensor]:
     """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
 
@@ -124,8 +135,7 @@ def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None 
     requires them, False skips them. ``user_id`` is added when present (for gAUC), and is ignored
     by the models.
     """
-    cat = np.stack([_int_column(_column(data, c.column), c.vocab_size) for c in spec.categorical], axis=1) \
-        if spec.categorical else np.zeros((data.num_rows, 0), dtype=np.int64)
+    cat = categorical_matrix(data, spec)
     seq = np.zeros((data.num_rows, len(spec.sequences), max((s.max_len for s in spec.sequences), default=0)), np.int64)
     gap = np.zeros(seq.shape, np.float32)
     for i, s in enumerate(spec.sequences):

@@ -17,7 +17,6 @@ or when CUDA is present, else on the CPU with the thread count Spark gives the t
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -28,7 +27,8 @@ import torch
 
 from conf.tables import score_column
 from features.spec import FeatureSpec
-from model.data import arrow_to_batch
+from model.base import candidate_field_indices, user_field_indices
+from model.data import arrow_to_batch, categorical_matrix
 from model.predict import Predictor, get_predictor, outputs_to_predictions
 
 
@@ -46,10 +46,6 @@ def output_schema_ddl(spec: FeatureSpec, passthrough: Sequence[str]) -> str:
     return ", ".join([f"{c} string" for c in passthrough] + [f"{score_column(t.name)} double" for t in spec.tasks])
 
 
-def _without_sequences(spec: FeatureSpec) -> FeatureSpec:
-    return dataclasses.replace(spec, sequences=())
-
-
 @torch.no_grad()
 def score_record_batch(predictor: Predictor, data: pa.RecordBatch, request_column: str = "request_id",
                        reuse_user_side: bool = True) -> dict[str, np.ndarray]:
@@ -64,10 +60,11 @@ def score_record_batch(predictor: Predictor, data: pa.RecordBatch, request_colum
     _, first_rows, user_index = np.unique(requests, return_index=True, return_inverse=True)
     # sequences are converted and encoded only for the first row of each request
     users = arrow_to_batch(data.take(pa.array(first_rows)), spec, with_labels=False)
-    cat = arrow_to_batch(data, _without_sequences(spec), with_labels=False)["cat"].to(device)
-    user_fields = [i for i, c in enumerate(spec.categorical) if c.side == "user"]
+    user_fields = user_field_indices(spec)
+    # per row, only the candidate fields: the user fields come from the user state
+    cat = torch.from_numpy(categorical_matrix(data, spec, candidate_field_indices(spec))).to(device)
     state = model.encode_user({
-        "cat_user": users["cat"][:, user_fields].to(device),
+        "cat_user": users["cat"][:, list(user_fields)].to(device),
         "seq": users["seq"].to(device),
         "seq_gap": users["seq_gap"].to(device),
     })
