@@ -52,9 +52,9 @@ class RankingModel(nn.Module):
 
     Subclasses implement :meth:`encode_user` and :meth:`score` (the candidate part, reading
     ``user_rows``: the user state already aligned row by row with ``cat``), and may override
-    :meth:`score_per_user`. :meth:`embed_cat`
-    rebuilds the ``[B, M, d]`` categorical embeddings in spec order from the user part cached in
-    the state (key ``"cat_user"``) and the candidate part embedded from ``cat``.
+    :meth:`score_per_user`. :meth:`embed_cat` rebuilds the ``[B, M, d]`` categorical embeddings
+    in spec order from the user part cached in the state (key ``"cat_user"``) and the candidate
+    part embedded from ``cat``.
     """
 
     def __init__(self, spec: FeatureSpec, config: Any):
