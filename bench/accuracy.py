@@ -14,8 +14,9 @@ test AUC and gAUC per task, mean ± std over seeds, MTL mean AUC, parameters, in
 training throughput. The examples are read once from the pinned Delta snapshot into memory
 tensors (built batch by batch from Arrow, see model/data.py) and shared by every arm.
 
-``--external`` adds torch-rechub's MMoE / PLE when that package is importable (an optional bench
-dependency, never imported by the product); it is skipped with a note otherwise.
+``--external`` reserves a row for torch-rechub's / deepctr-torch's MMoE and PLE (optional bench
+dependencies, never imported by the product). No adapter from our features to their models is
+written yet: the row only says whether the packages are importable.
 """
 from __future__ import annotations
 
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model config override, e.g. infnet.d=64 (repeatable)")
     p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
     p.add_argument("--no-lightgbm", action="store_true")
-    p.add_argument("--external", action="store_true", help="torch-rechub / deepctr-torch MMoE and PLE if importable")
+    p.add_argument("--external", action="store_true", help="a row for torch-rechub / deepctr-torch MMoE and PLE "
+                   "(no adapter yet: reports whether they are importable)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
     return p
