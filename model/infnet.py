@@ -346,9 +346,8 @@ class INFNet(RankingModel):
         groups = RowGroups.build(user_index, user_state["seq_mask"].shape[0])
         if groups is None:  # too uneven to pack: expand everything
             return self._score(cat, take_user_rows(user_state, user_index))
-        small = {k: v.index_select(0, user_index) for k, v in user_state.items()
-                 if k != "seq_mask" and not k.startswith("seq_tokens_")}
-        per_user = {k: v for k, v in user_state.items() if k not in small}
+        per_user = {k: v for k, v in user_state.items() if k == "seq_mask" or k.startswith("seq_tokens_")}
+        small = take_user_rows({k: v for k, v in user_state.items() if k not in per_user}, user_index)
         return self._score(cat, {**per_user, **small}, groups, user_index)
 
     def _score(self, cat: Tensor, user_rows: UserState, groups: RowGroups | None = None,

@@ -35,23 +35,12 @@ from quality.suites import WARNING, bronze_log_suite, examples_suite, expectatio
 SPEC = demo_spec(seq_len=8)
 
 
-SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
-
-
 @pytest.fixture(scope="module")
 def qsettings(spark, settings, tmp_path_factory):
     database = "infnet_quality_tests"
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     root = str(tmp_path_factory.mktemp("quality_lake"))
-    # Delta rebuilds table snapshots with 50 tasks by default: ~4x slower tiny writes on 2 cores.
-    # Speed only; restored afterwards so other modules see the session as configured.
-    before = spark.conf.get(SNAPSHOT_PARTITIONS, None)
-    spark.conf.set(SNAPSHOT_PARTITIONS, "2")
-    yield replace(settings, lake=replace(settings.lake, root=root, database=database))
-    if before is None:
-        spark.conf.unset(SNAPSHOT_PARTITIONS)
-    else:
-        spark.conf.set(SNAPSHOT_PARTITIONS, before)
+    return replace(settings, lake=replace(settings.lake, root=root, database=database))
 
 
 # ---------------------------------------------------------------------------------------------
