@@ -7,6 +7,8 @@ Split (bundled KuaiRand days): train 2022-04-25..05-01, valid 05-02 (early stopp
 AUC over click / like / long_view), test 05-03..05-04. INFNet.md's LightGBM bar was trained on
 ..05-02 and tested on 05-03..04; here 05-02 is taken out of training for early stopping, for
 every arm alike (the LightGBM arm included), and the test days are never used to choose anything.
+The neural arms share one loss weighting, ``model.train.DEFAULT_TASK_WEIGHTS`` (like 10, chosen on
+the valid day; ``--task-weight like=1`` gives the unweighted loss).
 
 Prints and writes (``bench/results/accuracy.md``, raw numbers in ``accuracy.json``) one table:
 test AUC and gAUC per task, mean ± std over seeds, MTL mean AUC, parameters, inference time per
@@ -249,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--embedding-lr", type=float, help="learning rate of the embedding tables (default: --lr)")
+    p.add_argument("--task-weight", action="append", default=[], metavar="TASK=W",
+                   help="loss weight, every arm alike (repeatable); default: model.train.DEFAULT_TASK_WEIGHTS "
+                        "(like 10, chosen on the valid day), 1 for the other tasks")
     p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
                    help="model config override, e.g. infnet.d=64 (repeatable)")
     p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
@@ -275,9 +281,20 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def parse_task_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        task, _, raw = item.partition("=")
+        try:
+            weights[task] = float(raw)
+        except ValueError:
+            raise SystemExit(f"--task-weight expects TASK=NUMBER, got {item!r}") from None
+    return weights
+
+
 def main(argv=None) -> int:
     from model.registry import MODEL_NAMES
-    from model.train import TrainConfig
+    from model.train import TrainConfig, resolve_task_weights
 
     args = build_parser().parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -303,14 +320,18 @@ def main(argv=None) -> int:
           f"(loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    task_weights = resolve_task_weights(spec, parse_task_weights(args.task_weight))
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
+                               embedding_lr=args.embedding_lr, task_weights=task_weights,
                                progress=False, num_threads=args.threads)
     header = {
         "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         "examples": f"Delta version {version} of {args.lake}/tables/examples; rows {rows}",
         "split": f"train {TRAIN}, valid {VALID} (early stopping, taken out of train), test {TEST}",
-        "training": f"Adam lr {args.lr}, batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
-                    f"(mean valid AUC), seeds {seeds}, registry default configs {overrides or ''}",
+        "training": f"Adam lr {args.lr}" + (f" (embedding tables {args.embedding_lr})" if args.embedding_lr else "")
+                    + f", batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
+                    f"(mean valid AUC), loss weights {task_weights} (others 1), seeds {seeds}, "
+                    f"registry default configs {overrides or ''}",
         "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
                    f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
         "date": dt.date.today().isoformat(),

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--embedding-lr", type=float, help="learning rate of the embedding tables (default: --lr)")
     parser.add_argument("--dropout", type=float)
     parser.add_argument("--patience", type=int)
     parser.add_argument("--eval-every-steps", type=int)
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto (default) | cpu | cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--task-weight", action="append", type=parse_key_value, default=[], metavar="TASK=W",
-                        help="loss weight of a task (repeatable), default 1")
+                        help="loss weight of a task (repeatable); default 1, like 10 (model.train.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return parser
@@ -65,6 +67,7 @@ def train_config_from_args(args):
     from model.train import TrainConfig
 
     flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
+             "embedding_lr": args.embedding_lr,
              "dropout": args.dropout, "patience": args.patience, "eval_every_steps": args.eval_every_steps,
              "seed": args.seed, "device": args.device, "num_threads": args.threads}
     values = {k: v for k, v in flags.items() if v is not None}
@@ -90,7 +93,7 @@ def body(spark, settings, args) -> None:
     from model.data import ArrowBatches, SnapshotError, resolve_snapshot
     from model.registry import MODEL_NAMES
     from model.store import save_model
-    from model.train import build_and_train
+    from model.train import build_and_train, resolve_task_weights
 
     if args.model not in MODEL_NAMES:
         raise JobError(f"unknown model {args.model!r}; known: {', '.join(MODEL_NAMES)}")
@@ -109,6 +112,10 @@ def body(spark, settings, args) -> None:
     except SnapshotError as err:
         raise JobError(str(err)) from None
     config = train_config_from_args(args)
+    try:  # store the weights the loss used, defaults included
+        config = dataclasses.replace(config, task_weights=resolve_task_weights(spec, config.task_weights))
+    except ValueError as err:
+        raise JobError(str(err)) from None
     log.info("examples@%d: %s", version, ", ".join(f"{s} {snap.num_rows} rows" for s, snap in snapshots.items()))
     batches = {s: ArrowBatches(snap, spec, config.batch_size, shuffle=(s == "train"), seed=config.seed,
                                shuffle_buffer_rows=config.shuffle_buffer_rows, drop_last=False)

@@ -100,3 +100,39 @@ def test_config_from_dict_rejects_unknown_options():
     assert TrainConfig.from_dict({"lr": 0.1}).lr == 0.1
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_embedding_lr_gives_the_tables_their_own_step():
+    from torch import nn
+
+    from model.train import parameter_groups
+
+    model = builder(MODEL, SPEC, {})
+    assert len(parameter_groups(model, quick_config())) == 1
+    tables, rest = parameter_groups(model, quick_config(embedding_lr=1e-4))
+    table_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    assert tables["lr"] == 1e-4 and {id(p) for p in tables["params"]} == table_ids
+    assert "lr" not in rest and not table_ids & {id(p) for p in rest["params"]}
+    assert len(tables["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    # A zero step for the tables leaves them exactly as built while the dense layers learn.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = train_model(model, SPEC, data(200, 1), data(100, 2), None, quick_config(epochs=1, embedding_lr=0.0)).model
+    names = {n for n, m in trained.named_modules() if isinstance(m, nn.Embedding)}
+    after = trained.state_dict()
+    assert all(torch.equal(before[f"{n}.weight"], after[f"{n}.weight"]) for n in names)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.rsplit(".", 1)[0] not in names)
+
+
+def test_default_task_weights_apply_only_to_tasks_the_spec_has():
+    import dataclasses
+
+    from model.train import DEFAULT_TASK_WEIGHTS, resolve_task_weights
+
+    assert resolve_task_weights(SPEC) == DEFAULT_TASK_WEIGHTS == {"like": 10.0}
+    assert resolve_task_weights(SPEC, {"like": 1.0, "click": 2.0}) == {"like": 1.0, "click": 2.0}
+    no_like = dataclasses.replace(SPEC, tasks=tuple(t for t in SPEC.tasks if t.name != "like"))
+    assert resolve_task_weights(no_like) == {}
+    with pytest.raises(ValueError, match=r"unknown tasks \['like'\]"):
+        resolve_task_weights(no_like, {"like": 2.0})
+    result = train_model(builder(MODEL, SPEC, {}), SPEC, data(200, 1), data(100, 2), None, quick_config(epochs=1))
+    assert result.metrics["task_weights"] == {"like": 10.0}
