@@ -16,9 +16,8 @@ test AUC and gAUC per task, mean ± std over seeds, MTL mean AUC, parameters, in
 training throughput. The examples are read once from the pinned Delta snapshot into memory
 tensors (built batch by batch from Arrow, see model/data.py) and shared by every arm.
 
-``--external`` reserves a row for torch-rechub's / deepctr-torch's MMoE and PLE (optional bench
-dependencies, never imported by the product). No adapter from our features to their models is
-written yet: the row only says whether the packages are importable.
+``--external`` adds torch-rechub's MMoE and PLE (an optional bench dependency, never imported by the
+product; adapter in ``bench/external.py``), trained on the same tensors by the same trainer and loss.
 """
 from __future__ import annotations
 
@@ -99,7 +98,8 @@ def ms_per_1000(model: torch.nn.Module, tensors: dict[str, torch.Tensor], rows: 
     return (time.perf_counter() - start) / n * 1e6
 
 
-def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, seeds, train_config) -> ArmResult:
+def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, seeds, train_config,
+                  builder=None) -> ArmResult:
     from model.data import TensorBatches
     from model.train import build_and_train
 
@@ -110,7 +110,7 @@ def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, see
         valid = TensorBatches(data["valid"], 4096)
         test = TensorBatches(data["test"], 4096)
         start = time.perf_counter()
-        out = build_and_train(model_name, spec, train, valid, test, config, model_config)
+        out = build_and_train(model_name, spec, train, valid, test, config, model_config, builder=builder)
         m = out.metrics
         run = {"seed": seed, "test": m["test"], "valid_mtl_auc": m["valid"]["mtl_auc"], "parameters": m["parameters"],
                "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
@@ -178,17 +178,21 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
     return result
 
 
-def run_external_arms() -> list[ArmResult]:
-    """torch-rechub / deepctr-torch MMoE and PLE on the same features, when importable."""
-    notes = []
-    for package in ("torch_rechub", "deepctr_torch"):
-        try:
-            __import__(package)
-        except ImportError:
-            notes.append(f"{package} not installed")
-            continue
-        notes.append(f"{package} is importable but no adapter is written yet (see the report)")
-    return [ArmResult("external MMoE/PLE", note="skipped: " + "; ".join(notes))]
+def run_external_arms(spec, data, seeds, train_config) -> list[ArmResult]:
+    """torch-rechub's MMoE and PLE (bench/external.py) on the same tensors, split, trainer and loss."""
+    from bench import external
+
+    missing = external.available()
+    if missing:
+        return [ArmResult(f"torch-rechub {a}", note=f"skipped: {missing}") for a in external.ARCHITECTURES]
+    arms = []
+    for architecture in external.ARCHITECTURES:
+        print(f"torch-rechub {architecture}", flush=True)
+        arm = run_torch_arm(f"torch-rechub {architecture}", architecture, {}, spec, data, seeds, train_config,
+                            builder=external.build)
+        arm.note = "torch-rechub 0.9.0 model (bench/external.py adapter: same inputs, trainer and loss; no time gaps)"
+        arms.append(arm)
+    return arms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model config override, e.g. infnet.d=64 (repeatable)")
     p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
     p.add_argument("--no-lightgbm", action="store_true")
-    p.add_argument("--external", action="store_true", help="a row for torch-rechub / deepctr-torch MMoE and PLE "
-                   "(no adapter yet: reports whether they are importable)")
+    p.add_argument("--external", action="store_true", help="also train torch-rechub's MMoE and PLE on the same "
+                   "features (bench/external.py)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
     return p
@@ -301,7 +305,10 @@ def main(argv=None) -> int:
     epochs = args.epochs
     if args.quick:
         seeds, epochs = seeds[:1], 1
-    names = args.models.split(",") if args.models else (["infnet", "mmoe"] if args.quick else list(MODEL_NAMES))
+    if args.models is not None:  # --models '' --external: the external arms alone
+        names = [n for n in args.models.split(",") if n]
+    else:
+        names = ["infnet", "mmoe"] if args.quick else list(MODEL_NAMES)
     if args.ablations:
         names += [a for a in ABLATIONS if a not in names]
     unknown = [n for n in names if n not in MODEL_NAMES and n not in ABLATIONS]
@@ -356,7 +363,7 @@ def main(argv=None) -> int:
         arms.append(run_torch_arm(name, model_name, config, spec, data, seeds, train_config))
         flush()
     if args.external:
-        arms.extend(run_external_arms())
+        arms.extend(run_external_arms(spec, data, seeds, train_config))
         flush()
     print()
     print(render_table(arms))

@@ -1,0 +1,54 @@
+"""The torch-rechub adapter of bench.accuracy's external arms (bench/external.py) on tiny batches."""
+from __future__ import annotations
+
+import doctest
+
+import pytest
+import torch
+
+from features.spec import demo_spec
+from model.base import random_batch
+from model.data import TensorBatches, arrow_to_batch, synthetic_examples
+from model.train import TrainConfig, build_and_train, set_seed
+
+external = pytest.importorskip("bench.external")
+pytest.importorskip("torch_rechub", reason="torch-rechub is pinned in requirements.lock")
+
+SPEC = demo_spec(seq_len=5)
+
+
+@pytest.mark.parametrize("architecture", external.ARCHITECTURES)
+def test_adapter_returns_their_model_as_logits(architecture):
+    from torch_rechub.basic.layers import PredictionLayer
+
+    torch.manual_seed(0)
+    model = external.RechubModel(SPEC, architecture).eval()
+    batch = random_batch(SPEC, 6)
+    logits = model(batch)
+    assert logits.shape == (6, len(SPEC.tasks))
+    kinds = ["classification" if t.kind == "binary" else "regression" for t in SPEC.tasks]
+    model.model.predict_layers = torch.nn.ModuleList(PredictionLayer(k) for k in kinds)  # theirs, as shipped
+    theirs = model(batch)
+    binary = torch.tensor([t.kind == "binary" for t in SPEC.tasks])
+    torch.testing.assert_close(torch.sigmoid(logits[:, binary]), theirs[:, binary])
+    torch.testing.assert_close(logits[:, ~binary], theirs[:, ~binary])
+
+
+@pytest.mark.parametrize("architecture", external.ARCHITECTURES)
+def test_adapter_trains_with_our_trainer(architecture):
+    rows = lambda n, seed: TensorBatches(arrow_to_batch(synthetic_examples(SPEC, n, seed=seed), SPEC), 64)  # noqa: E731
+    result = build_and_train(architecture, SPEC, rows(256, 0), rows(128, 1), None,
+                             TrainConfig(epochs=1, progress=False), builder=external.build)
+    assert result.metrics["steps"] == 4 and 0.0 <= result.metrics["valid"]["mtl_auc"] <= 1.0
+    set_seed(TrainConfig().seed)  # what build_and_train does before it builds the model
+    initial = external.RechubModel(SPEC, architecture).state_dict()
+    trained = result.model.state_dict()
+    assert set(initial) == set(trained)
+    assert any(not torch.equal(initial[k], trained[k].cpu()) for k in initial)  # the step moved weights
+
+
+def test_unknown_architecture_and_docstring():
+    with pytest.raises(ValueError, match="unknown torch-rechub architecture"):
+        external.RechubModel(SPEC, "dcn")
+    result = doctest.testmod(external)
+    assert result.attempted > 0 and result.failed == 0
