@@ -24,7 +24,7 @@ bench: setup
 	$(PY) -m bench.scoring --quick
 
 accuracy: setup
-	$(PY) -m bench.accuracy --lake lake
+	$(PY) -m bench.accuracy --lake lake --external
 
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log .pytest_cache

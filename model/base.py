@@ -106,7 +106,14 @@ class RankingModel(nn.Module):
     # -- helpers for subclasses -------------------------------------------------------------
     def embed_cat(self, embedding: nn.Module, cat: Tensor, user_part: Tensor) -> Tensor:
         """Spec-ordered ``[B, M, d]``: the cached user fields + the candidate fields of ``cat``."""
-        candidate_part = embedding(cat.index_select(1, self._candidate_cols), self.candidate_fields)
+        return self.merge_cat(user_part, self.embed_candidates(embedding, cat))
+
+    def embed_candidates(self, embedding: nn.Module, cat: Tensor) -> Tensor:
+        """``[B, len(candidate_fields), d]``: the candidate fields of ``cat``, in ``candidate_fields`` order."""
+        return embedding(cat.index_select(1, self._candidate_cols), self.candidate_fields)
+
+    def merge_cat(self, user_part: Tensor, candidate_part: Tensor) -> Tensor:
+        """User and candidate field embeddings back in spec order."""
         if not self.user_fields:
             return candidate_part
         return torch.cat([user_part, candidate_part], dim=1).index_select(1, self._spec_order)

@@ -317,16 +317,16 @@ class INFNet(RankingModel):
                 seq = state[f"seq_tokens_{i}"] = self.blocks[i - 1].update_seq(seq, seq_proxy, seq_mask)
         return state
 
-    def _cat_proxy(self, C: Tensor, user_rows: UserState) -> Tensor | None:
-        """``C~ = Reshape(phi_cat(Flatten(C)))``, the first layer's user share read from the state."""
+    def _cat_proxy(self, C: Tensor, candidate_part: Tensor, user_rows: UserState) -> Tensor | None:
+        """``C~ = Reshape(phi_cat(Flatten(C)))``, the first layer's user share read from the state
+        (``candidate_part``: the candidate fields' embeddings, the rest of ``Flatten(C)``)."""
         if self.cat_proxy is None:
             return None
         b, cfg = C.shape[0], self.config
         if "cat_proxy_user" not in user_rows:
             return self.cat_proxy(C.flatten(1)).view(b, cfg.n_cat_proxies, cfg.d)
         first = self.cat_proxy[0]
-        candidate = F.linear(C.flatten(1).index_select(1, self._candidate_cat_cols),
-                             first.weight.index_select(1, self._candidate_cat_cols), first.bias)
+        candidate = F.linear(candidate_part.flatten(1), first.weight.index_select(1, self._candidate_cat_cols), first.bias)
         x = candidate + user_rows["cat_proxy_user"]
         for layer in list(self.cat_proxy)[1:]:
             x = layer(x)
@@ -354,13 +354,14 @@ class INFNet(RankingModel):
                user_index: Tensor | None = None) -> Tensor:
         """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
         cfg = self.config
-        C = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, d]
+        candidate_part = self.embed_candidates(self.cat_embedding, cat)
+        C = self.merge_cat(user_rows["cat_user"], candidate_part)  # [B, M, d]
         b = C.shape[0]
         st: dict[str, Tensor | None] = {
             "C": C,
             "S": None,
             "seq_mask": user_rows["seq_mask"],
-            "Cp": self._cat_proxy(C, user_rows),
+            "Cp": self._cat_proxy(C, candidate_part, user_rows),
             "Sp": user_rows.get("seq_proxy"),
             "Tp": self._tokens(self.shared_task_tokens, b),
             "T": self._tokens(self.task_tokens, b),
