@@ -233,7 +233,9 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, An
     """Adam's parameter groups: the embedding tables (own ``embedding_lr`` when set) and the rest.
 
     Embedding rows of ids seen in a few impressions memorise them within one pass, while the dense
-    layers keep learning; a smaller step for the tables is the usual remedy in CTR models.
+    layers keep learning; a smaller step for the tables is a common remedy in CTR models. On the
+    bundled data it did not help (INFNet, like weight 5: best mean valid AUC .7692 with tables at
+    3e-4 vs .7725 at 1e-3), so it is off by default.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     if config.embedding_lr is None:
