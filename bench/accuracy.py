@@ -327,7 +327,10 @@ def main(argv=None) -> int:
           f"(loaded in {time.perf_counter() - t0:.0f} s)", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    task_weights = resolve_task_weights(spec, parse_task_weights(args.task_weight))
+    try:
+        task_weights = resolve_task_weights(spec, parse_task_weights(args.task_weight))
+    except ValueError as err:  # a weight for a task the spec lacks
+        raise SystemExit(str(err)) from None
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
                                embedding_lr=args.embedding_lr, task_weights=task_weights,
                                progress=False, num_threads=args.threads)
@@ -335,7 +338,7 @@ def main(argv=None) -> int:
         "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
         "examples": f"Delta version {version} of {args.lake}/tables/examples; rows {rows}",
         "split": f"train {TRAIN}, valid {VALID} (early stopping, taken out of train), test {TEST}",
-        "training": f"Adam lr {args.lr}" + (f" (embedding tables {args.embedding_lr})" if args.embedding_lr else "")
+        "training": f"Adam lr {args.lr}" + (f" (embedding tables {args.embedding_lr})" if args.embedding_lr is not None else "")
                     + f", batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
                     f"(mean valid AUC), loss weights {task_weights} (others 1), seeds {seeds}, "
                     f"registry default configs {overrides or ''}",
