@@ -190,7 +190,8 @@ def run_external_arms(spec, data, seeds, train_config) -> list[ArmResult]:
         print(f"torch-rechub {architecture}", flush=True)
         arm = run_torch_arm(f"torch-rechub {architecture}", architecture, {}, spec, data, seeds, train_config,
                             builder=external.build)
-        arm.note = "torch-rechub 0.9.0 model (bench/external.py adapter: same inputs, trainer and loss; no time gaps)"
+        arm.note = (f"torch-rechub {external.version()} model (bench/external.py adapter: same inputs, trainer and "
+                    "loss; no time gaps)")
         arms.append(arm)
     return arms
 
@@ -244,6 +245,8 @@ def render_report(arms, header: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from jobs.train import parse_task_weight
+
     p = argparse.ArgumentParser(prog="bench.accuracy", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--lake", required=True, help="a lake whose examples table holds the KuaiRand days")
@@ -256,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--embedding-lr", type=float, help="learning rate of the embedding tables (default: --lr)")
-    p.add_argument("--task-weight", action="append", default=[], metavar="TASK=W",
+    p.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
                    help="loss weight, every arm alike (repeatable); default: model.train.DEFAULT_TASK_WEIGHTS "
                         "(like 10, chosen on the valid day), 1 for the other tasks")
     p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
@@ -283,17 +286,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             value = raw
         out.setdefault(model, {})[field_name] = value
     return out
-
-
-def parse_task_weights(items: list[str]) -> dict[str, float]:
-    weights = {}
-    for item in items:
-        task, _, raw = item.partition("=")
-        try:
-            weights[task] = float(raw)
-        except ValueError:
-            raise SystemExit(f"--task-weight expects TASK=NUMBER, got {item!r}") from None
-    return weights
 
 
 def main(argv=None) -> int:
@@ -328,7 +320,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        task_weights = resolve_task_weights(spec, parse_task_weights(args.task_weight))
+        task_weights = resolve_task_weights(spec, dict(args.task_weight))
     except ValueError as err:  # a weight for a task the spec lacks
         raise SystemExit(str(err)) from None
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,

@@ -41,6 +41,12 @@ def available() -> str | None:
     return None
 
 
+def version() -> str:
+    import torch_rechub
+
+    return torch_rechub.__version__
+
+
 class RechubModel(nn.Module):
     """torch-rechub ``MMOE`` / ``PLE`` over a :class:`FeatureSpec`, returning one logit (or value) per task."""
 

@@ -34,6 +34,17 @@ def parse_key_value(value: str) -> tuple[str, object]:
         return key, raw
 
 
+def parse_task_weight(value: str) -> tuple[str, float]:
+    """``like=10`` -> ("like", 10.0); a weight that is not a number is a usage error."""
+    task, sep, raw = value.partition("=")
+    try:
+        if sep and task:
+            return task, float(raw)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected TASK=NUMBER, got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("train", __doc__.splitlines()[0])
     parser.epilog = "\n".join(__doc__.splitlines()[2:])
@@ -56,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default) | cpu | cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--task-weight", action="append", type=parse_key_value, default=[], metavar="TASK=W",
+    parser.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
                         help="loss weight of a task (repeatable); default 1, like 10 (model.train.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
@@ -71,7 +82,7 @@ def train_config_from_args(args):
              "dropout": args.dropout, "patience": args.patience, "eval_every_steps": args.eval_every_steps,
              "seed": args.seed, "device": args.device, "num_threads": args.threads}
     values = {k: v for k, v in flags.items() if v is not None}
-    values["task_weights"] = {k: float(v) for k, v in args.task_weight}
+    values["task_weights"] = dict(args.task_weight)
     values["uncertainty_weighting"] = args.uncertainty_weighting
     values["progress"] = not args.no_progress
     return TrainConfig(**values)

@@ -124,12 +124,17 @@ def resolve_task_weights(spec: FeatureSpec, task_weights: dict[str, float] | Non
     >>> resolve_task_weights(demo_spec(), {"click": 2.0})
     {'like': 10.0, 'click': 2.0}
     """
-    names = {t.name for t in spec.tasks}
     task_weights = dict(task_weights or {})
-    unknown = sorted(set(task_weights) - names)
-    if unknown:
-        raise ValueError(f"task_weights name unknown tasks {unknown}; the spec's tasks are {sorted(names)}")
+    check_task_names(spec, task_weights)
+    names = {t.name for t in spec.tasks}
     return {**{k: v for k, v in DEFAULT_TASK_WEIGHTS.items() if k in names}, **task_weights}
+
+
+def check_task_names(spec: FeatureSpec, task_weights: dict[str, float]) -> None:
+    """ValueError naming the weights given for tasks ``spec`` does not have."""
+    unknown = sorted(set(task_weights) - {t.name for t in spec.tasks})
+    if unknown:
+        raise ValueError(f"task_weights name unknown tasks {unknown}; the spec's tasks are {[t.name for t in spec.tasks]}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -202,9 +207,7 @@ class MultiTaskLoss(nn.Module):
                  uncertainty_weighting: bool = False) -> None:
         super().__init__()
         task_weights = task_weights or {}
-        unknown = sorted(set(task_weights) - {t.name for t in spec.tasks})
-        if unknown:
-            raise ValueError(f"task_weights name unknown tasks {unknown}; the spec's tasks are {[t.name for t in spec.tasks]}")
+        check_task_names(spec, task_weights)
         self.binary = torch.tensor([t.kind == "binary" for t in spec.tasks])
         self.register_buffer("weights", torch.tensor([float(task_weights.get(t.name, 1.0)) for t in spec.tasks]))
         self.register_buffer("scale", torch.where(self.binary, 1.0, 0.5))

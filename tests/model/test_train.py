@@ -136,3 +136,18 @@ def test_default_task_weights_apply_only_to_tasks_the_spec_has():
         resolve_task_weights(no_like, {"like": 2.0})
     result = train_model(builder(MODEL, SPEC, {}), SPEC, data(200, 1), data(100, 2), None, quick_config(epochs=1))
     assert result.metrics["task_weights"] == {"like": 10.0}
+
+
+def test_task_weight_flag_takes_numbers_only():
+    import argparse
+
+    from jobs.train import build_parser, parse_task_weight, train_config_from_args
+
+    assert parse_task_weight("like=10") == ("like", 10.0) and parse_task_weight("click=0.5") == ("click", 0.5)
+    for bad in ("like=x", "like=true", "like"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TASK=NUMBER"):
+            parse_task_weight(bad)
+    args = build_parser().parse_args(["--model", "infnet", "--train-dates", "2022-04-25", "--valid-dates",
+                                      "2022-04-26", "--task-weight", "like=2", "--embedding-lr", "1e-4"])
+    config = train_config_from_args(args)
+    assert config.task_weights == {"like": 2.0} and config.embedding_lr == 1e-4
