@@ -2,8 +2,11 @@
 
 1. Spark (``mapInArrow`` and ``mapInPandas`` on ``local[T]``) vs the same model called directly
    in one Python process with ``T`` torch threads, both reading the same Parquet file of synthetic
-   featurised candidates (goal: Spark >= 0.8x direct); plus ``mapInArrow`` that only receives the
-   rows, which shows what Spark's side (Parquet scan, row -> Arrow conversion, transfer) costs.
+   featurised candidates (goal: Spark >= 0.8x direct), for both input layouts: ``packed`` (one
+   row per request, the user side once: what ``infnet score`` sends) and ``flat`` (one row per
+   candidate); plus ``mapInArrow`` that only receives the rows, which shows what Spark's side
+   (Parquet scan, row -> Arrow conversion, transfer) costs, and Spark packing flat rows itself
+   (``pack_requests``: the job's shuffle) before scoring.
 2. User-side reuse vs naive, ``--per-request`` candidates per request (goal >= 3x), with ``T``
    torch threads and with 1 (what one Spark task runs: ``spark.task.cpus`` = 1 -> OMP_NUM_THREADS = 1).
 3. INFNet vs MMoE vs PLE scoring cost on the same candidates.
@@ -29,11 +32,13 @@ import pyarrow.parquet as pq
 import torch
 
 from conf.settings import Settings
+from features.candidates import pack_adjacent_rows, pack_requests
 from features.examples import build_spec
 from features.spec import FeatureSpec
 from model.predict import get_predictor
 from model.registry import build_model
-from model.scoring import ScoringSettings, make_batch_scorer, output_schema_ddl, score_record_batch
+from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
+                           score_record_batch)
 from model.store import save_model
 
 PASSTHROUGH = ["request_id", "impression_id"]
@@ -66,17 +71,30 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def direct(store: str, ref: str, path: str, batch_rows: int, reuse: bool, device: str) -> float:
-    """Rows/s of the model called in this process, reading the same Parquet file batch by batch."""
+def direct(store: str, ref: str, path: str, batch_rows: int, reuse: bool, device: str, layout: str = "flat") -> float:
+    """Candidates/s of the model called in this process, reading the same Parquet file batch by batch.
+
+    ``batch_rows`` counts file rows: candidates for ``flat``, requests for ``packed``.
+    """
     predictor = get_predictor(store, ref, device)
     source = pq.ParquetFile(path)
-    score_record_batch(predictor, next(source.iter_batches(batch_size=batch_rows)), reuse_user_side=reuse)  # warm-up
+
+    def score(batch: pa.RecordBatch) -> None:
+        if layout == "packed":
+            score_packed_batch(predictor, batch, reuse_user_side=reuse)
+        else:
+            score_record_batch(predictor, batch, reuse_user_side=reuse)
+
+    score(next(source.iter_batches(batch_size=batch_rows)))  # warm-up
     t0 = time.perf_counter()
     for b in source.iter_batches(batch_size=batch_rows):
-        score_record_batch(predictor, b, reuse_user_side=reuse)
+        score(b)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return rate(source.metadata.num_rows, time.perf_counter() - t0)
+    return rate(N_CANDIDATES[path], time.perf_counter() - t0)
+
+
+N_CANDIDATES: dict[str, int] = {}  # candidates held by each benchmark file (packed files have fewer rows)
 
 
 def _drain(batches):
@@ -86,21 +104,30 @@ def _drain(batches):
     return iter(())
 
 
-def spark_rate(spark, path: str, n_rows: int, store: str, ref: str, spec: FeatureSpec, udf: str,
-               batch_rows: int, device: str) -> float:
-    """Rows/s of ``udf`` ("arrow", "pandas", or "transfer": mapInArrow that only receives the rows)."""
+def spark_rate(spark, path: str, store: str, ref: str, spec: FeatureSpec, udf: str, batch_rows: int,
+               device: str, layout: str = "flat", pack_in_spark: bool = False) -> float:
+    """Candidates/s of ``udf`` ("arrow", "pandas", or "transfer": mapInArrow that only receives the rows).
+
+    ``pack_in_spark``: read the flat file and pack it with :func:`pack_requests` (a shuffle) first.
+    """
     df = spark.read.parquet(path)
+    if pack_in_spark:
+        df = pack_requests(df, spec, PASSTHROUGH)
     ddl = output_schema_ddl(spec, PASSTHROUGH)
-    if udf == "transfer":
-        mapped = df.mapInArrow(_drain, ddl)
-    else:
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
+
+    def mapped(rows):
+        if udf == "transfer":
+            return rows.mapInArrow(_drain, ddl)
         scorer = make_batch_scorer(store, ref, PASSTHROUGH,
-                                   ScoringSettings(batch_rows=batch_rows, udf=udf, device=device))
-        mapped = df.mapInPandas(scorer, ddl) if udf == "pandas" else df.mapInArrow(scorer, ddl)
-    mapped.limit(1).collect()  # warm-up: starts workers and loads the model once each
+                                   ScoringSettings(batch_rows=batch_rows, udf=udf, device=device, layout=layout))
+        return rows.mapInPandas(scorer, ddl) if udf == "pandas" else rows.mapInArrow(scorer, ddl)
+
+    # warm-up on a 1 % sample with the same partitions: every worker starts and loads the model
+    mapped(df.sample(fraction=0.01, seed=0)).write.format("noop").mode("overwrite").save()
     t0 = time.perf_counter()
-    mapped.write.format("noop").mode("overwrite").save()
-    return rate(n_rows, time.perf_counter() - t0)
+    mapped(df).write.format("noop").mode("overwrite").save()
+    return rate(N_CANDIDATES[path], time.perf_counter() - t0)
 
 
 def main(argv=None) -> None:
@@ -122,17 +149,24 @@ def main(argv=None) -> None:
     for name in ("infnet", "mmoe", "ple"):
         save_model(store, name, build_model(name, spec, seed=0), spec, architecture=name)
     table = synthetic_candidates(spec, n_rows, args.per_request)
-    path = os.path.join(work, "candidates.parquet")
-    pq.write_table(table, path, row_group_size=max(n_rows // (4 * args.threads), 1024))
-    del table  # both paths read the file
+    flat = os.path.join(work, "candidates.parquet")
+    packed = os.path.join(work, "requests.parquet")
+    pq.write_table(table, flat, row_group_size=max(n_rows // (4 * args.threads), 1024))
+    requests = pack_adjacent_rows(table, spec, PASSTHROUGH)
+    pq.write_table(requests, packed, row_group_size=max(requests.num_rows // (4 * args.threads), 16))
+    N_CANDIDATES.update({flat: n_rows, packed: n_rows})
+    del table, requests  # every path reads the files
+    request_batch = max(args.batch_rows // args.per_request, 1)  # packed batches of ~batch_rows candidates
     print(f"{n_rows:,} synthetic candidates, {args.per_request}/request, spec with {len(spec.categorical)} "
           f"categorical fields and {len(spec.sequences)} sequences of {spec.sequences[0].max_len}; "
-          f"batch {args.batch_rows} rows, device {args.device}, {args.threads} threads")
+          f"batch {args.batch_rows} rows ({request_batch} requests when packed), device {args.device}, "
+          f"{args.threads} threads; files: flat {os.path.getsize(flat) / 2**20:,.0f} MiB, "
+          f"packed {os.path.getsize(packed) / 2**20:,.0f} MiB")
 
     torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
-    results["direct reuse"] = direct(store, "infnet@1", path, args.batch_rows, True, args.device)
-    results["direct naive"] = direct(store, "infnet@1", path, args.batch_rows, False, args.device)
+    results["direct reuse"] = direct(store, "infnet@1", flat, args.batch_rows, True, args.device)
+    results["direct naive"] = direct(store, "infnet@1", flat, args.batch_rows, False, args.device)
     print(f"\n[reuse] INFNet in one process, {args.threads} torch threads: user-side reuse "
           f"{results['direct reuse']:,.0f} rows/s, naive {results['direct naive']:,.0f} rows/s -> "
           f"{results['direct reuse'] / results['direct naive']:.2f}x (goal >= 3x)")
@@ -140,14 +174,17 @@ def main(argv=None) -> None:
         # What one Spark task runs: PySpark gives a Python worker OMP_NUM_THREADS = spark.task.cpus
         # (default 1) and the scoring UDF keeps it, so executors parallelise over tasks, not inside one.
         torch.set_num_threads(1)
-        one = {reuse: direct(store, "infnet@1", path, args.batch_rows, reuse, args.device) for reuse in (True, False)}
+        one = {reuse: direct(store, "infnet@1", flat, args.batch_rows, reuse, args.device) for reuse in (True, False)}
         torch.set_num_threads(args.threads)
         print(f"[reuse] the same with 1 torch thread (one Spark task with spark.task.cpus=1): reuse {one[True]:,.0f} "
               f"rows/s, naive {one[False]:,.0f} rows/s -> {one[True] / one[False]:.2f}x (goal >= 3x)")
+    results["direct packed"] = direct(store, "infnet@1", packed, request_batch, True, args.device, "packed")
+    print(f"[layout] INFNet in one process reading the packed file: {results['direct packed']:,.0f} candidates/s "
+          f"({results['direct packed'] / results['direct reuse']:.2f}x the flat file with reuse)")
 
-    print("\n[models] direct, user-side reuse, rows/s and cost relative to INFNet:")
+    print("\n[models] direct, flat, user-side reuse, rows/s and cost relative to INFNet:")
     for name in ("infnet", "mmoe", "ple"):
-        r = results["direct reuse"] if name == "infnet" else direct(store, f"{name}@1", path, args.batch_rows,
+        r = results["direct reuse"] if name == "infnet" else direct(store, f"{name}@1", flat, args.batch_rows,
                                                                     True, args.device)
         params = sum(p.numel() for p in get_predictor(store, f"{name}@1", args.device).model.parameters())
         print(f"  {name:<7} {r:>10,.0f} rows/s   {results['direct reuse'] / r:5.2f}x INFNet's time per row   "
@@ -163,15 +200,26 @@ def main(argv=None) -> None:
     settings = replace(base, spark=replace(base.spark, master=f"local[{args.threads}]",
                                            arrow_batch_rows=args.batch_rows))
     spark = get_spark(settings, "bench-scoring")
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(os.path.getsize(path) // (2 * args.threads), 1 << 20)))
-    print(f"\n[spark] local[{args.threads}] vs the same model in one process with {args.threads} torch threads:")
-    for udf in ("arrow", "pandas"):
-        r = spark_rate(spark, path, n_rows, store, "infnet@1", spec, udf, args.batch_rows, args.device)
-        print(f"  map{'InArrow' if udf == 'arrow' else 'InPandas'}: {r:,.0f} rows/s -> "
-              f"{r / results['direct reuse']:.2f}x direct (goal >= 0.8x)")
-    r = spark_rate(spark, path, n_rows, store, "infnet@1", spec, "transfer", args.batch_rows, args.device)
-    print(f"  mapInArrow receiving the rows without scoring them: {r:,.0f} rows/s "
-          f"({r / results['direct reuse']:.2f}x the direct scoring rate): Spark's own share of the cost")
+
+    def run(label: str, path: str, udf: str, layout: str, baseline: str, pack_in_spark: bool = False) -> None:
+        # about 2 splits per task whatever the file's size (the packed file is much smaller)
+        spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(os.path.getsize(path) // (2 * args.threads), 1)))
+        batch = request_batch if layout == "packed" else args.batch_rows
+        r = spark_rate(spark, path, store, "infnet@1", spec, udf, batch, args.device, layout, pack_in_spark)
+        print(f"  {label:<58} {r:>9,.0f} candidates/s -> {r / results[baseline]:.2f}x {baseline}"
+              + ("" if udf == "transfer" else " (goal >= 0.8x)"))
+
+    print(f"\n[spark] local[{args.threads}] vs the same model in one process with {args.threads} torch threads "
+          "on the same file:")
+    run("packed file, mapInArrow (what infnet score runs)", packed, "arrow", "packed", "direct packed")
+    run("packed file, mapInPandas", packed, "pandas", "packed", "direct packed")
+    run("flat file, mapInArrow", flat, "arrow", "flat", "direct reuse")
+    run("flat file, mapInPandas", flat, "pandas", "flat", "direct reuse")
+    run("flat file packed by Spark (pack_requests shuffle), mapInArrow", flat, "arrow", "packed", "direct packed",
+        pack_in_spark=True)
+    print("  Spark's own share: mapInArrow receiving the rows without scoring them")
+    run("packed file, receive only", packed, "transfer", "packed", "direct packed")
+    run("flat file, receive only", flat, "transfer", "flat", "direct reuse")
     spark.stop()
 
 

@@ -28,9 +28,10 @@ QUARANTINE = TableDef(
 )
 INGEST_AUDIT = TableDef("ingest_audit", ("run_id", "table_name"), (), "rows read = landed + quarantined, per run")
 EXAMPLES = TableDef("examples", ("impression_id",), ("date",), "one row per impression: features + labels")
-CANDIDATES = TableDef("candidates", ("request_id", "video_id"), ("date",), "candidate sets to score")
+# impression_id is part of the key: a logged request can show one video twice (null when unlogged)
+CANDIDATES = TableDef("candidates", ("request_id", "video_id", "impression_id"), ("date",), "candidate sets to score")
 SCORES = TableDef(
-    "scores", ("request_id", "video_id", "model_name", "model_version"), ("date",),
+    "scores", ("request_id", "video_id", "impression_id", "model_name", "model_version"), ("date",),
     "one score per task per candidate",
 )
 METRICS = TableDef("metrics", ("model_name", "model_version", "task", "metric", "slice", "date"), ("date",))

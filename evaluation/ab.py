@@ -32,6 +32,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from conf.tables import CANDIDATES
 from evaluation.metrics import (
     SLICE_COLUMNS,
     auc_np,
@@ -79,7 +80,7 @@ class ABConfig:
 class PairCounts:
     control_rows: int
     treatment_rows: int
-    matched_rows: int  # inner join on (request_id, video_id)
+    matched_rows: int  # inner join on the candidate key (request_id, video_id, impression_id)
     labelled_rows: int = 0  # matched rows that have a logged impression with labels
 
 
@@ -124,21 +125,29 @@ def arm_score_column(task: TaskField | str, arm: str) -> str:
 
 
 def pair_scores(control: DataFrame, treatment: DataFrame, tasks: Sequence[TaskField]) -> tuple[DataFrame, PairCounts]:
-    """Inner-join the arms on ``(request_id, video_id)``; raise when nothing matches."""
+    """Inner-join the arms on the candidate key ``(request_id, video_id, impression_id)``; raise when
+    nothing matches.
+
+    ``impression_id`` is compared null-safely (unlogged candidates have none). It is part of the
+    key because a logged request can show the same video twice: pairing on (request, video) alone
+    would cross those rows and count them 4 times instead of twice.
+    """
     for name, df in (("control", control), ("treatment", treatment)):
         missing = [score_column(t) for t in tasks if score_column(t) not in df.columns]
         if missing:
             raise ABInputError(f"{name} scores lack {missing}")
-    keys = ["request_id", "video_id"]
-    a = control.select(*keys, "impression_id", "user_id", "date",
+    keys = list(CANDIDATES.keys)
+    a = control.select(*keys, "user_id", "date",
                        *[F.col(score_column(t)).alias(arm_score_column(t, "a")) for t in tasks])
-    b = treatment.select(*keys, *[F.col(score_column(t)).alias(arm_score_column(t, "b")) for t in tasks])
-    paired = a.join(b, keys, "inner")
+    b = treatment.select(*[F.col(k).alias(f"_b_{k}") for k in keys],
+                         *[F.col(score_column(t)).alias(arm_score_column(t, "b")) for t in tasks])
+    on = [F.col(k).eqNullSafe(F.col(f"_b_{k}")) for k in keys]
+    paired = a.join(b, on, "inner").drop(*[f"_b_{k}" for k in keys])
     counts = PairCounts(control.count(), treatment.count(), paired.count())
     if counts.matched_rows == 0:
         raise ABInputError(
             f"control ({counts.control_rows} rows) and treatment ({counts.treatment_rows} rows) share no "
-            "(request_id, video_id): score both models on the same candidates and dates"
+            "(request_id, video_id, impression_id): score both models on the same candidates and dates"
         )
     return paired, counts
 

@@ -214,7 +214,7 @@ def render_html(result: ABResult) -> str:
 <style>{_CSS}</style></head><body>
 <h1>Offline A/B: {html.escape(result.treatment)} (B) vs {html.escape(result.control)} (A)</h1>
 <p>Dates {html.escape(result.dates)}. Control rows {c.control_rows}, treatment rows {c.treatment_rows},
-matched on (request_id, video_id) {c.matched_rows}, with labels {c.labelled_rows};
+matched on (request_id, video_id, impression_id) {c.matched_rows}, with labels {c.labelled_rows};
 {result.n_users} users, {result.n_requests} requests. 95&nbsp;% CIs and p-values from a paired
 bootstrap over users (n_boot={cfg.n_boot}, seed={cfg.seed}); a tie is a CI that contains 0.</p>
 <h2>Summary</h2><ul>{summary}</ul>

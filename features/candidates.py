@@ -4,13 +4,61 @@ The demo builds requests from logged impressions: a user's impressions inside on
 of ``window_minutes`` form one request whose time is the window's first impression, so every
 candidate of a request is featurised at the same moment (events strictly before it) and shares
 the user side. Any other producer only has to honour the schema.
+
+Scoring reads featurised candidates *packed by request* (:func:`pack_requests`): one row per
+request holding the user side once (user fields, behaviour sequences) and the candidates as a
+``list<struct>`` column. Flat rows would carry the same sequences once per candidate, and moving
+them from the JVM to the Python workers was the largest cost of Spark scoring (bench/scoring.py).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from conf.tables import CANDIDATES_SCHEMA
+from features.spec import FeatureSpec
+
+REQUEST_COLUMN = "request_id"
+PACKED_CANDIDATES = "candidates"  # the list<struct> column of the request-packed layout
+
+
+def packed_layout(spec: FeatureSpec, passthrough: Sequence[str],
+                  request_column: str = REQUEST_COLUMN) -> tuple[list[str], list[str]]:
+    """(request-level columns, per-candidate columns) of the request-packed scoring layout.
+
+    Request level: the request key, the user-side categorical fields and the sequence columns
+    (equal for every candidate of a request). Per candidate: the other passthrough columns and
+    the item / context fields.
+
+    >>> from features.spec import demo_spec
+    >>> packed_layout(demo_spec(), ["request_id", "impression_id"])[1]
+    ['impression_id', 'cat_video_id', 'cat_author_id', 'cat_hour', 'cat_tab']
+    """
+    user = [f.column for f in spec.categorical if f.side == "user"]
+    sequences = [c for s in spec.sequences for c in (s.column, s.gap_column)]
+    per_candidate = [c for c in passthrough if c != request_column]
+    per_candidate += [f.column for f in spec.categorical
+                      if f.side != "user" and f.column not in per_candidate]
+    return [request_column, *[c for c in user + sequences if c not in per_candidate]], per_candidate
+
+
+def pack_requests(rows: DataFrame, spec: FeatureSpec, passthrough: Sequence[str],
+                  request_column: str = REQUEST_COLUMN) -> DataFrame:
+    """Featurised candidate rows -> one row per request (:func:`packed_layout`).
+
+    The request-level columns are taken from one of the request's rows: they are equal for all
+    of them because every candidate of a request is featurised at the request time.
+    """
+    request_columns, per_candidate = packed_layout(spec, passthrough, request_column)
+    return rows.groupBy(request_column).agg(
+        *[F.first(c).alias(c) for c in request_columns[1:]],
+        F.collect_list(F.struct(*per_candidate)).alias(PACKED_CANDIDATES),
+    )
 
 
 def candidates_from_impressions(log: DataFrame, window_minutes: int = 60) -> DataFrame:
@@ -29,6 +77,34 @@ def candidates_from_impressions(log: DataFrame, window_minutes: int = 60) -> Dat
     return out.select(
         *[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANDIDATES_SCHEMA.fields]
     )
+
+
+def pack_adjacent_rows(rows: pa.Table | pa.RecordBatch, spec: FeatureSpec, passthrough: Sequence[str],
+                       request_column: str = REQUEST_COLUMN) -> pa.Table:
+    """The Arrow twin of :func:`pack_requests` for rows whose requests are contiguous (no shuffle).
+
+    >>> from features.spec import demo_spec
+    >>> spec = demo_spec()
+    >>> flat = pa.table({"request_id": ["a", "a", "b"], "impression_id": ["1", "2", "3"],
+    ...                  **{f.column: [f.vocab_size - 1] * 3 for f in spec.categorical},
+    ...                  **{c: [[1], [1], [2]] for s in spec.sequences for c in (s.column, s.gap_column)}})
+    >>> packed = pack_adjacent_rows(flat, spec, ["request_id", "impression_id"])
+    >>> packed.num_rows, packed.column("candidates").to_pylist()[0][1]["impression_id"]
+    (2, '2')
+    """
+    table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+    request_columns, per_candidate = packed_layout(spec, passthrough, request_column)
+    keys = table.column(request_column).combine_chunks()
+    changes = np.flatnonzero(pc.not_equal(keys.slice(1), keys.slice(0, len(keys) - 1)).to_numpy(zero_copy_only=False))
+    starts = np.concatenate([[0], changes + 1]) if len(keys) else np.zeros(0, np.int64)
+    if len(np.unique(keys.take(pa.array(starts)).to_numpy(zero_copy_only=False))) != len(starts):
+        raise ValueError(f"rows of one {request_column} are not adjacent: sort them first (or use pack_requests)")
+    offsets = pa.array(np.concatenate([starts, [len(keys)]]).astype(np.int32))
+    candidates = pa.StructArray.from_arrays([table.column(c).combine_chunks() for c in per_candidate],
+                                            names=per_candidate)
+    columns = [table.column(c).combine_chunks().take(pa.array(starts)) for c in request_columns]
+    return pa.table([*columns, pa.ListArray.from_arrays(offsets, candidates)],
+                    names=[*request_columns, PACKED_CANDIDATES])
 
 
 def validate_candidates(df: DataFrame) -> None:

@@ -1,7 +1,7 @@
 """Offline A/B report: compare two scored model versions on the same candidates.
 
 ``infnet ab_report --control NAME@VERSION --treatment NAME@VERSION --dates a..b`` pairs the two
-arms on (request_id, video_id), attaches labels from ``examples``, and computes per task and metric
+arms on (request_id, video_id, impression_id), attaches labels from ``examples``, and computes per task and metric
 the control and treatment values, delta, relative delta, 95 % CI and p-value from a paired
 bootstrap over users, plus top-K replay metrics (evaluation/ab.py). Writes the ``ab_reports`` table
 (a rerun of the same control, treatment and dates replaces its ``report_id``) and

@@ -128,14 +128,9 @@ def categorical_matrix(data: ArrowData, spec: FeatureSpec, fields: Iterable[int]
     return out
 
 
-def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None) -> dict[str, torch.Tensor]:
-    """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
-
-    ``with_labels``: None adds ``label``/``mask`` when every task's columns are present, True
-    requires them, False skips them. ``user_id`` is added when present (for gAUC), and is ignored
-    by the models.
-    """
-    cat = categorical_matrix(data, spec)
+def sequence_tensors(data: ArrowData, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spec's behaviour sequences -> ``seq`` Long[rows, F, N] and ``seq_gap`` Float[rows, F, N]
+    (out-of-range items -> 0, padded positions carry no gap). Needs only the sequence columns."""
     seq = np.zeros((data.num_rows, len(spec.sequences), max((s.max_len for s in spec.sequences), default=0)), np.int64)
     gap = np.zeros(seq.shape, np.float32)
     for i, s in enumerate(spec.sequences):
@@ -144,7 +139,19 @@ def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None 
         seq[:, i, : s.max_len] = items
         gaps = pad_lists(_column(data, s.gap_column), s.max_len, np.float32)
         gap[:, i, : s.max_len] = np.where(items > 0, gaps, 0.0)  # padded positions carry no gap
-    batch = {"cat": torch.from_numpy(cat), "seq": torch.from_numpy(seq), "seq_gap": torch.from_numpy(gap)}
+    return torch.from_numpy(seq), torch.from_numpy(gap)
+
+
+def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None) -> dict[str, torch.Tensor]:
+    """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
+
+    ``with_labels``: None adds ``label``/``mask`` when every task's columns are present, True
+    requires them, False skips them. ``user_id`` is added when present (for gAUC), and is ignored
+    by the models.
+    """
+    cat = categorical_matrix(data, spec)
+    seq, gap = sequence_tensors(data, spec)
+    batch = {"cat": torch.from_numpy(cat), "seq": seq, "seq_gap": gap}
     has_labels = all(_has_column(data, c) for c in spec.label_columns)
     if with_labels and not has_labels:
         missing = [c for c in spec.label_columns if not _has_column(data, c)]

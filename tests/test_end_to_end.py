@@ -75,3 +75,18 @@ def test_the_catalog_persists_for_sql_in_a_new_process(demo_lake):
     assert "infnet" in result.stdout and "mmoe" in result.stdout
     bad = run_cli("sql", "--lake", str(lake), "SELECT * FROM no_such_table")
     assert bad.returncode == 2 and "no_such_table" in bad.stderr.lower()
+
+
+def test_rescoring_a_date_with_flat_rows_replaces_it_with_the_same_scores(spark, demo_lake):
+    lake, _, _ = demo_lake
+    scores = lambda: (spark.read.format("delta").load(str(lake / "tables" / "scores"))  # noqa: E731
+                      .where("model_name = 'infnet' AND date = '2022-05-03'")
+                      .select("impression_id", "score_click", "score_like").toPandas()
+                      .sort_values("impression_id").reset_index(drop=True))
+    packed = scores()
+    result = run_cli("score", "--lake", str(lake), "--model", "infnet", "--date", "2022-05-03",
+                     "--layout", "flat", "--udf", "pandas")
+    assert result.returncode == 0, result.stderr[-4000:]
+    flat = scores()
+    assert len(flat) == len(packed) > 0 and flat["impression_id"].tolist() == packed["impression_id"].tolist()
+    pd.testing.assert_frame_equal(flat, packed, rtol=1e-5, atol=1e-6)

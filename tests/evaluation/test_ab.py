@@ -116,6 +116,16 @@ def test_pairing_without_overlap_is_an_error(spark):
     assert {"score_click_a", "score_click_b"} <= set(paired.columns)
 
 
+def test_pairing_keeps_a_video_shown_twice_in_a_request_as_two_rows(spark):
+    a = pd.DataFrame({"request_id": ["r1", "r1", "r2"], "video_id": [7, 7, 7], "impression_id": ["i1", "i2", None],
+                      "user_id": [1, 1, 2], "date": [dt.date(2022, 5, 2)] * 3, "score_click": [0.1, 0.2, 0.3]})
+    b = a.assign(score_click=[0.5, 0.6, 0.7])
+    paired, counts = pair_scores(spark.createDataFrame(a), spark.createDataFrame(b), [TaskField("click")])
+    assert counts.matched_rows == 3  # not 5: (r1, 7) twice on each side must not cross
+    got = sorted(paired.select("impression_id", "score_click_a", "score_click_b").collect(), key=lambda r: r[1])
+    assert [tuple(r) for r in got] == [("i1", 0.1, 0.5), ("i2", 0.2, 0.6), (None, 0.3, 0.7)]
+
+
 def test_ab_report_job_writes_table_and_files(spark, settings, capsys):
     from pathlib import Path
 

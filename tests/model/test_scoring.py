@@ -9,7 +9,9 @@ from features.spec import demo_spec
 from model.base import random_batch, repeat_users
 from model.predict import load_predictor
 from model.registry import MODEL_NAMES, build_model
-from model.scoring import ScoringSettings, make_batch_scorer, output_schema_ddl, score_record_batch
+from features.candidates import PACKED_CANDIDATES, pack_adjacent_rows, pack_requests
+from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
+                           score_record_batch)
 from model.store import save_model
 
 SPEC = demo_spec(seq_len=6)
@@ -35,6 +37,10 @@ def candidate_batch(seed: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(columns)
 
 
+def packed_batch(data: pa.RecordBatch, passthrough=("request_id", "impression_id")) -> pa.RecordBatch:
+    return pack_adjacent_rows(data, SPEC, passthrough).to_batches()[0]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
@@ -54,6 +60,39 @@ def test_user_side_reuse_gives_the_naive_scores(store, name):
     binary = [t.name for t in SPEC.binary_tasks]
     assert all(((reused[t] >= 0) & (reused[t] <= 1)).all() for t in binary)
     assert np.ptp(reused["click"]) > 0  # different candidates get different scores
+
+
+@pytest.mark.parametrize("name", ["infnet", "mmoe", "din"])
+@pytest.mark.parametrize("reuse", [True, False])
+def test_packed_requests_give_the_flat_scores(store, name, reuse):
+    predictor = load_predictor(store, name)
+    data = candidate_batch(seed=1)
+    packed = packed_batch(data)
+    assert packed.num_rows == 3 and "cat_user_id" in packed.schema.names and "cat_video_id" not in packed.schema.names
+    rows, request_of_row, scores = score_packed_batch(predictor, packed, reuse_user_side=reuse)
+    assert rows.column("impression_id").to_pylist() == data.column("impression_id").to_pylist()
+    assert request_of_row.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    flat = score_record_batch(predictor, data, reuse_user_side=False)
+    for task in flat:
+        np.testing.assert_allclose(scores[task], flat[task], rtol=1e-5, atol=1e-6)
+
+
+def test_packed_scorer_emits_one_row_per_candidate(store):
+    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "impression_id"], ScoringSettings(layout="packed"))
+    data = candidate_batch()
+    packed = packed_batch(data)
+    empty_request = packed.slice(0, 1).set_column(  # a request with no candidates yields nothing
+        packed.schema.get_field_index(PACKED_CANDIDATES), PACKED_CANDIDATES,
+        pa.array([[]], packed.schema.field(PACKED_CANDIDATES).type))
+    out = pa.Table.from_batches(list(scorer(iter([packed.slice(0, 2), empty_request, packed.slice(2)]))))
+    assert out.column("request_id").to_pylist() == [f"r{r}" for r in REQUEST_OF_ROW]
+    assert out.column("impression_id").to_pylist() == data.column("impression_id").to_pylist()
+    flat = score_record_batch(load_predictor(store, "infnet@1"), data, reuse_user_side=False)
+    np.testing.assert_allclose(out.column("score_like").to_numpy(), flat["like"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not adjacent"):
+        pack_adjacent_rows(data.take(pa.array([0, 3, 1])), SPEC, ["request_id"])
+    with pytest.raises(ValueError, match="layout"):
+        make_batch_scorer(store, "infnet@1", ["request_id"], ScoringSettings(layout="wide"))
 
 
 def test_batch_scorer_splits_nothing_and_keeps_keys(store):
@@ -81,3 +120,21 @@ def test_arrow_and_pandas_udfs_score_alike_in_spark(spark, store):
     direct = score_record_batch(load_predictor(store, "mmoe@1"), data, reuse_user_side=False)
     order = np.argsort(np.array([f"i{i}" for i in range(len(REQUEST_OF_ROW))]))
     np.testing.assert_allclose(a["score_click"], direct["click"][order], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("udf", ["arrow", "pandas"])
+def test_spark_packs_requests_and_scores_them_like_flat_rows(spark, store, udf):
+    data = candidate_batch(seed=5)
+    passthrough = ["request_id", "impression_id"]
+    flat = spark.createDataFrame(pa.Table.from_batches([data]).to_pandas()).repartition(3)
+    packed = pack_requests(flat, SPEC, passthrough)
+    assert packed.count() == len(set(REQUEST_OF_ROW))
+    scorer = make_batch_scorer(store, "infnet@1", passthrough, ScoringSettings(udf=udf, layout="packed"))
+    ddl = output_schema_ddl(SPEC, passthrough)
+    mapped = packed.mapInPandas(scorer, ddl) if udf == "pandas" else packed.mapInArrow(scorer, ddl)
+    out = mapped.toPandas().set_index("impression_id").sort_index()
+    direct = score_record_batch(load_predictor(store, "infnet@1"), data, reuse_user_side=False)
+    order = np.argsort(np.array(data.column("impression_id").to_pylist()))
+    assert out.index.tolist() == sorted(data.column("impression_id").to_pylist())
+    assert out["request_id"].tolist() == [f"r{REQUEST_OF_ROW[i]}" for i in order]
+    np.testing.assert_allclose(out["score_click"], direct["click"][order], rtol=1e-5, atol=1e-6)
