@@ -80,7 +80,7 @@ class Predictor:
     """A loaded stored model plus its spec; ``predict(columns)`` -> ``{task: probabilities}``."""
 
     def __init__(self, model: nn.Module, info, device: torch.device | str = "cpu") -> None:
-        self.model, self.info, self.device = model, info, torch.device(device)
+        self.model, self.info, self.device = model.eval(), info, torch.device(device)
         self.spec: FeatureSpec = info.spec
 
     @property

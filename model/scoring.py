@@ -56,6 +56,12 @@ def output_schema_ddl(spec: FeatureSpec, passthrough: Sequence[str]) -> str:
     return ", ".join([f"{c} string" for c in passthrough] + [f"{score_column(t.name)} double" for t in spec.tasks])
 
 
+def _ensure_eval(predictor: Predictor) -> None:
+    # Predictor loads in eval mode; eval() walks every submodule, so only call it when needed
+    if predictor.model.training:
+        predictor.model.eval()
+
+
 def _score_shared_users(predictor: Predictor, users: ArrowData, rows: ArrowData,
                         user_index: np.ndarray) -> dict[str, np.ndarray]:
     """Score ``rows`` whose user side is row ``user_index[i]`` of ``users``, encoding each user once."""
@@ -84,7 +90,7 @@ def _score_rows(predictor: Predictor, data: ArrowData) -> dict[str, np.ndarray]:
 def score_record_batch(predictor: Predictor, data: pa.RecordBatch, request_column: str = REQUEST_COLUMN,
                        reuse_user_side: bool = True) -> dict[str, np.ndarray]:
     """Per-task predictions for the flat candidate rows of ``data`` (probabilities for binary tasks)."""
-    predictor.model.eval()
+    _ensure_eval(predictor)
     if not reuse_user_side or request_column not in data.schema.names or not predictor.spec.sequences:
         return _score_rows(predictor, data)
     requests = data.column(request_column).to_numpy(zero_copy_only=False)
@@ -109,7 +115,7 @@ def score_packed_batch(predictor: Predictor, data: pa.RecordBatch,
     that order. Naive mode repeats the request columns on every candidate row first (what the
     flat layout ships), so both modes score identical inputs.
     """
-    predictor.model.eval()
+    _ensure_eval(predictor)
     rows, user_index = unpack_requests(data)
     if reuse_user_side and predictor.spec.sequences:
         return rows, user_index, _score_shared_users(predictor, data, rows, user_index)
@@ -162,13 +168,13 @@ def make_batch_scorer(store_root: str, ref: str, passthrough: Sequence[str],
                 continue
             if scoring.layout == "packed":
                 rows, request_of_row, predictions = score_packed_batch(predictor, data, scoring.reuse_user_side)
+                if rows.num_rows == 0:  # requests without candidates
+                    continue
                 columns = {c: (data.column(c).take(pa.array(request_of_row)) if c == REQUEST_COLUMN else rows.column(c))
                            for c in passthrough}
             else:
                 predictions = score_record_batch(predictor, data, reuse_user_side=scoring.reuse_user_side)
                 columns = {c: data.column(c) for c in passthrough}
-            if len(next(iter(predictions.values()), ())) == 0:
-                continue
             columns = {c: v.cast(pa.string()) for c, v in columns.items()}
             columns.update({score_column(t): pa.array(v.astype(np.float64)) for t, v in predictions.items()})
             out = pa.RecordBatch.from_pydict(columns)
