@@ -108,7 +108,27 @@ def pack_adjacent_rows(rows: pa.Table | pa.RecordBatch, spec: FeatureSpec, passt
 
 
 def validate_candidates(df: DataFrame) -> None:
-    """Fail with a clear message when a table does not honour the candidates contract."""
+    """Fail with a clear message when a table does not honour the candidates contract.
+
+    Beyond the columns: no null keys, and every request has one user and one request time, which
+    is what lets scoring encode a request's user side once (a request id reused for two users
+    would otherwise score the second user's candidates with the first user's history).
+    """
     missing = [f.name for f in CANDIDATES_SCHEMA.fields if f.name not in df.columns]
     if missing:
         raise ValueError(f"candidates table lacks required columns {missing}; contract: {CANDIDATES_SCHEMA.simpleString()}")
+    required = [f.name for f in CANDIDATES_SCHEMA.fields if not f.nullable and f.name != "date"]
+    nulls = df.agg(*[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in required]).first()
+    bad = {c: int(nulls[c]) for c in required if nulls[c]}
+    if bad:
+        raise ValueError(f"candidates has null values in required columns (rows per column): {bad}")
+    mixed = (df.groupBy(REQUEST_COLUMN)
+             .agg(F.countDistinct("user_id").alias("users"), F.countDistinct("request_time_ms").alias("times"))
+             .where("users > 1 OR times > 1"))
+    example = mixed.orderBy(REQUEST_COLUMN).first()
+    if example is not None:
+        raise ValueError(
+            f"{mixed.count()} request(s) of candidates mix users or request times, e.g. {REQUEST_COLUMN} "
+            f"{example[REQUEST_COLUMN]!r} ({example['users']} users, {example['times']} request times): "
+            "a request is one user at one moment"
+        )

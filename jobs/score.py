@@ -107,7 +107,10 @@ def body(spark, settings, args) -> None:
     try:
         for date in args.dates:
             candidates = read_table(spark, settings, CANDIDATES).where(F.col("date") == F.lit(date).cast("date"))
-            validate_candidates(candidates)
+            try:
+                validate_candidates(candidates)
+            except ValueError as err:
+                raise JobError(f"{err}; nothing was written") from None
             counts = candidates.agg(F.count(F.lit(1)).alias("n"),
                                     F.countDistinct("request_id").alias("requests")).first()
             n_candidates = counts["n"]
