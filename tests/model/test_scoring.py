@@ -1,15 +1,16 @@
-"""Scoring inside Spark workers: user-side reuse is exact, and both UDF kinds give the same scores."""
+"""Scoring inside Spark workers: user-side reuse is exact; both input layouts (flat, packed by request)
+and both UDF kinds give the same scores."""
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from features.candidates import PACKED_CANDIDATES, pack_adjacent_rows, pack_requests
 from features.spec import demo_spec
 from model.base import random_batch, repeat_users
 from model.predict import load_predictor
 from model.registry import MODEL_NAMES, build_model
-from features.candidates import PACKED_CANDIDATES, pack_adjacent_rows, pack_requests
 from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
                            score_record_batch)
 from model.store import save_model
