@@ -71,7 +71,8 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
-def direct(store: str, ref: str, path: str, batch_rows: int, reuse: bool, device: str, layout: str = "flat") -> float:
+def direct(store: str, ref: str, path: str, n_candidates: int, batch_rows: int, reuse: bool, device: str,
+           layout: str = "flat") -> float:
     """Candidates/s of the model called in this process, reading the same Parquet file batch by batch.
 
     ``batch_rows`` counts file rows: candidates for ``flat``, requests for ``packed``.
@@ -91,10 +92,7 @@ def direct(store: str, ref: str, path: str, batch_rows: int, reuse: bool, device
         score(b)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return rate(N_CANDIDATES[path], time.perf_counter() - t0)
-
-
-N_CANDIDATES: dict[str, int] = {}  # candidates held by each benchmark file (packed files have fewer rows)
+    return rate(n_candidates, time.perf_counter() - t0)
 
 
 def _drain(batches):
@@ -104,8 +102,8 @@ def _drain(batches):
     return iter(())
 
 
-def spark_rate(spark, path: str, store: str, ref: str, spec: FeatureSpec, udf: str, batch_rows: int,
-               device: str, layout: str = "flat", pack_in_spark: bool = False) -> float:
+def spark_rate(spark, path: str, n_candidates: int, store: str, ref: str, spec: FeatureSpec, udf: str,
+               batch_rows: int, device: str, layout: str = "flat", pack_in_spark: bool = False) -> float:
     """Candidates/s of ``udf`` ("arrow", "pandas", or "transfer": mapInArrow that only receives the rows).
 
     ``pack_in_spark``: read the flat file and pack it with :func:`pack_requests` (a shuffle) first.
@@ -127,7 +125,7 @@ def spark_rate(spark, path: str, store: str, ref: str, spec: FeatureSpec, udf: s
     mapped(df.sample(fraction=0.01, seed=0)).write.format("noop").mode("overwrite").save()
     t0 = time.perf_counter()
     mapped(df).write.format("noop").mode("overwrite").save()
-    return rate(N_CANDIDATES[path], time.perf_counter() - t0)
+    return rate(n_candidates, time.perf_counter() - t0)
 
 
 def main(argv=None) -> None:
@@ -154,7 +152,6 @@ def main(argv=None) -> None:
     pq.write_table(table, flat, row_group_size=max(n_rows // (4 * args.threads), 1024))
     requests = pack_adjacent_rows(table, spec, PASSTHROUGH)
     pq.write_table(requests, packed, row_group_size=max(requests.num_rows // (4 * args.threads), 16))
-    N_CANDIDATES.update({flat: n_rows, packed: n_rows})
     del table, requests  # every path reads the files
     request_batch = max(args.batch_rows // args.per_request, 1)  # packed batches of ~batch_rows candidates
     print(f"{n_rows:,} synthetic candidates, {args.per_request}/request, spec with {len(spec.categorical)} "
@@ -165,8 +162,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
-    results["direct reuse"] = direct(store, "infnet@1", flat, args.batch_rows, True, args.device)
-    results["direct naive"] = direct(store, "infnet@1", flat, args.batch_rows, False, args.device)
+    results["direct reuse"] = direct(store, "infnet@1", flat, n_rows, args.batch_rows, True, args.device)
+    results["direct naive"] = direct(store, "infnet@1", flat, n_rows, args.batch_rows, False, args.device)
     print(f"\n[reuse] INFNet in one process, {args.threads} torch threads: user-side reuse "
           f"{results['direct reuse']:,.0f} rows/s, naive {results['direct naive']:,.0f} rows/s -> "
           f"{results['direct reuse'] / results['direct naive']:.2f}x (goal >= 3x)")
@@ -174,17 +171,18 @@ def main(argv=None) -> None:
         # What one Spark task runs: PySpark gives a Python worker OMP_NUM_THREADS = spark.task.cpus
         # (default 1) and the scoring UDF keeps it, so executors parallelise over tasks, not inside one.
         torch.set_num_threads(1)
-        one = {reuse: direct(store, "infnet@1", flat, args.batch_rows, reuse, args.device) for reuse in (True, False)}
+        one = {reuse: direct(store, "infnet@1", flat, n_rows, args.batch_rows, reuse, args.device)
+               for reuse in (True, False)}
         torch.set_num_threads(args.threads)
         print(f"[reuse] the same with 1 torch thread (one Spark task with spark.task.cpus=1): reuse {one[True]:,.0f} "
               f"rows/s, naive {one[False]:,.0f} rows/s -> {one[True] / one[False]:.2f}x (goal >= 3x)")
-    results["direct packed"] = direct(store, "infnet@1", packed, request_batch, True, args.device, "packed")
+    results["direct packed"] = direct(store, "infnet@1", packed, n_rows, request_batch, True, args.device, "packed")
     print(f"[layout] INFNet in one process reading the packed file: {results['direct packed']:,.0f} candidates/s "
           f"({results['direct packed'] / results['direct reuse']:.2f}x the flat file with reuse)")
 
     print("\n[models] direct, flat, user-side reuse, rows/s and cost relative to INFNet:")
     for name in ("infnet", "mmoe", "ple"):
-        r = results["direct reuse"] if name == "infnet" else direct(store, f"{name}@1", flat, args.batch_rows,
+        r = results["direct reuse"] if name == "infnet" else direct(store, f"{name}@1", flat, n_rows, args.batch_rows,
                                                                     True, args.device)
         params = sum(p.numel() for p in get_predictor(store, f"{name}@1", args.device).model.parameters())
         print(f"  {name:<7} {r:>10,.0f} rows/s   {results['direct reuse'] / r:5.2f}x INFNet's time per row   "
@@ -205,7 +203,7 @@ def main(argv=None) -> None:
         # about 2 splits per task whatever the file's size (the packed file is much smaller)
         spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(os.path.getsize(path) // (2 * args.threads), 1)))
         batch = request_batch if layout == "packed" else args.batch_rows
-        r = spark_rate(spark, path, store, "infnet@1", spec, udf, batch, args.device, layout, pack_in_spark)
+        r = spark_rate(spark, path, n_rows, store, "infnet@1", spec, udf, batch, args.device, layout, pack_in_spark)
         print(f"  {label:<58} {r:>9,.0f} candidates/s -> {r / results[baseline]:.2f}x {baseline}"
               + ("" if udf == "transfer" else " (goal >= 0.8x)"))
 
