@@ -3,22 +3,58 @@
 Environment variables override the defaults (so spark-submit, the CLI and Airflow all see the
 same values) and jobs may override them again from their flags:
 
-- ``INFNET_LAKE``: lake root (a local folder or any Hadoop filesystem URI), default ``<repo>/lake``
-- ``INFNET_SPARK_MASTER``: Spark master, default ``local[*]``
+- ``INFNET_LAKE``: lake root, a local folder (default ``<repo>/lake``) or ``s3a://bucket/prefix``
+  (then the object-store settings below apply)
+- ``INFNET_SPARK_MASTER``: Spark master, default ``local[*]``; ``local[N]``, ``local-cluster[W,C,MB]``
+  (W executor JVMs of C cores and MB MiB), ``spark://host:port``, ``yarn``, ``k8s://https://...``
 - ``INFNET_SHUFFLE_PARTITIONS``: ``spark.sql.shuffle.partitions``, default 8
 - ``INFNET_JARS_DIR``: folder with the Delta jars resolved by ``scripts/setup.sh``
 - ``INFNET_RAW_DIR``: folder the ingest job reads its raw files from by default (the landing
   zone), default the bundled KuaiRand subset ``<repo>/data/kuairand_pure_subset``
+- ``INFNET_SPARK_BIND_ADDRESS``: address the driver, its block manager and every project service
+  bind to, default ``127.0.0.1`` (used for local masters and masters on a loopback host)
+- ``INFNET_SPARK_CONNECT_TIMEOUT``: seconds a start-up check waits for the master, the metastore
+  database and the S3 endpoint before a job gives up with one line (exit 2), default 5
+
+Metastore (``MetastoreSettings``): ``INFNET_METASTORE_URL`` empty (default) = embedded Derby beside
+the lake, one JVM at a time; a JDBC URL (``jdbc:postgresql://127.0.0.1:55432/metastore``) = a shared
+Hive metastore database that many jobs, ``spark-sql`` and the Thrift server use at once;
+``INFNET_METASTORE_USER`` / ``INFNET_METASTORE_PASSWORD``; ``INFNET_METASTORE_JARS_DIR`` (the JDBC
+driver, default ``<repo>/jars-metastore``, ``scripts/resolve_jars.sh metastore-postgres``).
+
+Object store (``ObjectStoreSettings``, used when the lake is ``s3a://``): ``INFNET_S3_ENDPOINT``
+(empty: AWS), ``INFNET_S3_ACCESS_KEY`` / ``INFNET_S3_SECRET_KEY`` (default ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``), ``INFNET_S3_REGION`` (``us-east-1``), ``INFNET_S3_PATH_STYLE``
+(default on when an endpoint is set), ``INFNET_S3_RETRIES`` (3), ``INFNET_S3_JARS_DIR`` (default
+``<repo>/jars-s3``, ``scripts/resolve_jars.sh object-store``).
+
+GPU executors (cluster masters only): ``INFNET_EXECUTOR_GPUS`` (GPUs per executor, default 0 = none),
+``INFNET_TASK_GPUS`` (GPUs per task, default 1), ``INFNET_GPU_DISCOVERY_SCRIPT`` (default
+``<repo>/scripts/gpu-discovery.sh``, which asks ``nvidia-smi``).
+
+Airflow: ``INFNET_POOL_SLOTS``, the slots of the pool every Spark task shares (default 1 with the
+embedded Derby metastore or an ``s3a://`` lake, 2 with a shared metastore on another lake).
+
+Project-local services (``ServiceSettings``; ``scripts/postgres.sh``, ``scripts/thrift-server.sh``,
+``scripts/standalone.sh``, ``scripts/moto.sh``): ``INFNET_PG_PORT`` (55432),
+``INFNET_THRIFT_PORT`` (10000), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_MOTO_PORT`` (5055).
+
+``python -m conf.settings KEY`` prints one value for the shell scripts, e.g. ``services.pg_port``.
 
 >>> s = Settings()
 >>> s.features.seq_len
 50
+>>> master_kind("local-cluster[2,1,1024]"), master_kind("spark://127.0.0.1:7077"), master_kind("local[*]")
+('local-cluster', 'standalone', 'local')
 """
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DATA_DIR = REPO_ROOT / "data" / "kuairand_pure_subset"
@@ -45,6 +81,69 @@ def raw_sources(raw_dir: str | None = None) -> dict[str, str]:
 
 def _default_lake() -> str:
     return os.environ.get("INFNET_LAKE", str(REPO_ROOT / "lake"))
+
+
+def _env(name: str, default: str = "", *fallbacks: str):
+    """A default factory: ``$name``, else the first set fallback variable, else ``default``."""
+    def read() -> str:
+        for key in (name, *fallbacks):
+            if os.environ.get(key):
+                return os.environ[key]
+        return default
+    return field(default_factory=read)
+
+
+def _env_int(name: str, default: int):
+    return field(default_factory=lambda: int(os.environ.get(name) or default))
+
+
+def _env_float(name: str, default: float):
+    return field(default_factory=lambda: float(os.environ.get(name) or default))
+
+
+def is_object_store(uri: str) -> bool:
+    """``s3a://`` / ``s3://`` lakes need the object-store profile.
+
+    >>> is_object_store("s3a://lake/infnet"), is_object_store("/data/lake")
+    (True, False)
+    """
+    return uri.split("://", 1)[0].lower() in ("s3a", "s3", "s3n") if "://" in uri else False
+
+
+def master_kind(master: str) -> str:
+    """``local`` | ``local-cluster`` | ``standalone`` | ``yarn`` | ``k8s`` (ValueError otherwise)."""
+    if re.fullmatch(r"local(\[(\*|\d+)(,\d+)?\])?", master):
+        return "local"
+    if re.fullmatch(r"local-cluster\[\d+,\s*\d+,\s*\d+\]", master):
+        return "local-cluster"
+    if master.startswith("spark://"):
+        return "standalone"
+    if master == "yarn":
+        return "yarn"
+    if master.startswith("k8s://"):
+        return "k8s"
+    raise ValueError(f"INFNET_SPARK_MASTER {master!r} is not a Spark master: expected local[*], local[N], "
+                     "local-cluster[W,C,MB], spark://host:port, yarn or k8s://https://host:port")
+
+
+def master_endpoints(master: str) -> list[tuple[str, int]]:
+    """(host, port) of each standalone master in ``spark://h1:p1,h2:p2``; [] for other masters.
+
+    >>> master_endpoints("spark://127.0.0.1:7077,127.0.0.1:7078")
+    [('127.0.0.1', 7077), ('127.0.0.1', 7078)]
+    """
+    if master_kind(master) != "standalone":
+        return []
+    out = []
+    for part in master.removeprefix("spark://").split(","):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"INFNET_SPARK_MASTER {master!r}: expected spark://host:port[,host:port]")
+        out.append((host, int(port)))
+    return out
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -97,6 +196,140 @@ class SparkSettings:
     # ~1k-row Arrow batches measured fastest for torch inside pandas UDFs (PITFALLS.md)
     arrow_batch_rows: int = 1024
     jars_dir: str = field(default_factory=lambda: os.environ.get("INFNET_JARS_DIR", str(REPO_ROOT / "jars")))
+    bind_address: str = _env("INFNET_SPARK_BIND_ADDRESS", "127.0.0.1")
+    connect_timeout_s: float = _env_float("INFNET_SPARK_CONNECT_TIMEOUT", 5.0)
+    # GPU executors: cluster masters only (in local[*] the task amount fails at start-up and the
+    # executor amount hangs); 0 = no GPU scheduling
+    executor_gpus: int = _env_int("INFNET_EXECUTOR_GPUS", 0)
+    task_gpus: float = _env_float("INFNET_TASK_GPUS", 1.0)
+    gpu_discovery_script: str = _env("INFNET_GPU_DISCOVERY_SCRIPT", str(REPO_ROOT / "scripts" / "gpu-discovery.sh"))
+
+    @property
+    def kind(self) -> str:
+        return master_kind(self.master)
+
+    @property
+    def on_this_machine(self) -> bool:
+        """Driver and executors on this machine: a local master or a standalone one on loopback."""
+        if self.kind in ("local", "local-cluster"):
+            return True
+        endpoints = master_endpoints(self.master)
+        return bool(endpoints) and all(h in LOOPBACK_HOSTS for h, _ in endpoints)
+
+
+JDBC_DRIVERS = {"postgresql": "org.postgresql.Driver", "mysql": "com.mysql.cj.jdbc.Driver",
+                "mariadb": "org.mariadb.jdbc.Driver", "derby": "org.apache.derby.jdbc.EmbeddedDriver"}
+
+
+@dataclass(frozen=True)
+class MetastoreSettings:
+    """The Hive metastore: embedded Derby beside the lake (``url`` empty) or a shared JDBC database.
+
+    >>> m = MetastoreSettings(url="jdbc:postgresql://127.0.0.1:55432/metastore")
+    >>> m.embedded, m.kind, m.driver, m.endpoint
+    (False, 'postgresql', 'org.postgresql.Driver', ('127.0.0.1', 55432))
+    """
+
+    url: str = _env("INFNET_METASTORE_URL")
+    user: str = _env("INFNET_METASTORE_USER")
+    password: str = _env("INFNET_METASTORE_PASSWORD")
+    jars_dir: str = _env("INFNET_METASTORE_JARS_DIR", str(REPO_ROOT / "jars-metastore"))
+
+    @property
+    def embedded(self) -> bool:
+        return not self.url
+
+    @property
+    def kind(self) -> str:
+        if self.embedded:
+            return "derby"
+        match = re.match(r"jdbc:([a-z0-9]+):", self.url)
+        if not match:
+            raise ValueError(f"INFNET_METASTORE_URL {self.url!r} is not a JDBC URL "
+                             "(expected e.g. jdbc:postgresql://127.0.0.1:55432/metastore)")
+        return match.group(1)
+
+    @property
+    def driver(self) -> str:
+        if self.kind not in JDBC_DRIVERS:
+            raise ValueError(f"INFNET_METASTORE_URL {self.url!r}: no JDBC driver known for {self.kind!r} "
+                             f"(known: {', '.join(JDBC_DRIVERS)})")
+        return JDBC_DRIVERS[self.kind]
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """(host, port) of a networked metastore database; None for embedded ones."""
+        if self.embedded or self.kind == "derby":
+            return None
+        parsed = urlparse(self.url[len("jdbc:"):])
+        defaults = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+        try:
+            port = parsed.port
+        except ValueError:
+            raise ValueError(f"INFNET_METASTORE_URL {self.url!r} has a bad port") from None
+        if not parsed.hostname:
+            raise ValueError(f"INFNET_METASTORE_URL {self.url!r} names no host")
+        return parsed.hostname, port or defaults.get(self.kind, 0)
+
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """S3-compatible storage for an ``s3a://`` lake (hadoop-aws for Spark, pyarrow for Python)."""
+
+    endpoint: str = _env("INFNET_S3_ENDPOINT")
+    access_key: str = _env("INFNET_S3_ACCESS_KEY", "", "AWS_ACCESS_KEY_ID")
+    secret_key: str = _env("INFNET_S3_SECRET_KEY", "", "AWS_SECRET_ACCESS_KEY")
+    region: str = _env("INFNET_S3_REGION", "us-east-1")
+    path_style: str = _env("INFNET_S3_PATH_STYLE")  # "" = on when an endpoint is set
+    retries: int = _env_int("INFNET_S3_RETRIES", 3)
+    jars_dir: str = _env("INFNET_S3_JARS_DIR", str(REPO_ROOT / "jars-s3"))
+
+    @property
+    def path_style_access(self) -> bool:
+        return self.path_style.lower() in ("1", "true", "yes") if self.path_style else bool(self.endpoint)
+
+    @property
+    def scheme(self) -> str:
+        return urlparse(self.endpoint).scheme or "https" if self.endpoint else "https"
+
+    @property
+    def endpoint_address(self) -> tuple[str, int]:
+        """(host, port) the S3 client connects to (AWS's regional endpoint when none is set).
+
+        >>> ObjectStoreSettings(endpoint="http://127.0.0.1:5055").endpoint_address
+        ('127.0.0.1', 5055)
+        """
+        if not self.endpoint:
+            return f"s3.{self.region}.amazonaws.com", 443
+        parsed = urlparse(self.endpoint if "://" in self.endpoint else f"https://{self.endpoint}")
+        if not parsed.hostname:
+            raise ValueError(f"INFNET_S3_ENDPOINT {self.endpoint!r} names no host")
+        return parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+
+    def env(self) -> dict[str, str]:
+        """These settings as the environment variables that rebuild them (for executors' Python)."""
+        values = {"INFNET_S3_ENDPOINT": self.endpoint, "INFNET_S3_ACCESS_KEY": self.access_key,
+                  "INFNET_S3_SECRET_KEY": self.secret_key, "INFNET_S3_REGION": self.region,
+                  "INFNET_S3_PATH_STYLE": "true" if self.path_style_access else "false"}
+        return {k: v for k, v in values.items() if v}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Ports of the project-local services the scripts start, all bound to ``host``."""
+
+    host: str = _env("INFNET_SPARK_BIND_ADDRESS", "127.0.0.1")
+    pg_port: int = _env_int("INFNET_PG_PORT", 55432)
+    pg_database: str = "metastore"
+    pg_user: str = "infnet"
+    thrift_port: int = _env_int("INFNET_THRIFT_PORT", 10000)
+    standalone_port: int = _env_int("INFNET_STANDALONE_PORT", 7077)
+    moto_port: int = _env_int("INFNET_MOTO_PORT", 5055)
+    state_dir: str = _env("INFNET_SERVICES_DIR", str(REPO_ROOT / ".services"))
+
+    @property
+    def pg_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.pg_port}/{self.pg_database}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +360,55 @@ class Settings:
     spark: SparkSettings = field(default_factory=SparkSettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    metastore: MetastoreSettings = field(default_factory=MetastoreSettings)
+    s3: ObjectStoreSettings = field(default_factory=ObjectStoreSettings)
+    services: ServiceSettings = field(default_factory=ServiceSettings)
+    pool_slots_override: int | None = field(
+        default_factory=lambda: int(os.environ["INFNET_POOL_SLOTS"]) if os.environ.get("INFNET_POOL_SLOTS") else None)
 
     def with_lake(self, root: str | None) -> "Settings":
         return self if not root else replace(self, lake=replace(self.lake, root=root))
+
+    @property
+    def lake_on_object_store(self) -> bool:
+        return is_object_store(self.lake.root)
+
+    @property
+    def pool_slots(self) -> int:
+        """Slots of the Airflow pool every Spark task shares (``INFNET_POOL_SLOTS``).
+
+        Embedded Derby admits one JVM: 1, and more is an error. An ``s3a://`` lake: 1 by default,
+        because Delta's default S3 log store allows one writer per table and the DAGs' parallel
+        branches (score champion / challenger) write the same table. Otherwise 2.
+
+        >>> Settings(metastore=MetastoreSettings(url=""), pool_slots_override=None).pool_slots
+        1
+        """
+        if self.pool_slots_override is not None:
+            if self.pool_slots_override < 1:
+                raise ValueError(f"INFNET_POOL_SLOTS must be >= 1, got {self.pool_slots_override}")
+            if self.metastore.embedded and self.pool_slots_override > 1:
+                raise ValueError(f"INFNET_POOL_SLOTS={self.pool_slots_override} needs a shared metastore "
+                                 "(INFNET_METASTORE_URL): embedded Derby admits one Spark JVM at a time")
+            return self.pool_slots_override
+        return 1 if self.metastore.embedded or self.lake_on_object_store else 2
+
+
+def setting(path: str, settings: Settings | None = None) -> str:
+    """One value by dotted path, for shell scripts: ``setting("services.pg_port")``.
+
+    >>> setting("services.host", Settings(services=ServiceSettings(host="127.0.0.1")))
+    '127.0.0.1'
+    """
+    value: object = settings or Settings()
+    for part in path.split("."):
+        value = getattr(value, part)
+    return str(value)
+
+
+if __name__ == "__main__":  # python -m conf.settings services.pg_port [more.keys ...]
+    try:
+        print("\n".join(setting(key) for key in sys.argv[1:]))
+    except (AttributeError, ValueError) as err:
+        print(f"conf.settings: {err}", file=sys.stderr)
+        sys.exit(2)
