@@ -257,13 +257,11 @@ def date_filter(dates: Sequence[str]) -> ds.Expression:
 
 
 def _filesystem(paths: Sequence[str]) -> tuple[pafs.FileSystem, list[str]]:
-    first = paths[0]
-    if first.startswith("file:"):
-        return pafs.LocalFileSystem(), [re.sub(r"^file:(//)?", "", p) for p in paths]
-    if "://" in first:
-        fs, _ = pafs.FileSystem.from_uri(first)
-        return fs, [pafs.FileSystem.from_uri(p)[1] for p in paths]
-    return pafs.LocalFileSystem(), list(paths)
+    """One pyarrow filesystem for the paths (s3a:// with the lake's S3 settings: conf.storage)."""
+    from conf.storage import arrow_filesystem
+
+    fs, _ = arrow_filesystem(paths[0])
+    return fs, [arrow_filesystem(p)[1] for p in paths]
 
 
 def open_dataset(snapshot: ExamplesSnapshot) -> ds.Dataset:

@@ -10,10 +10,13 @@ Layout: ``<lake>/models/<name>/<version>/`` with
   without it is an unfinished save and is ignored.
 
 Versions are increasing integers, stored zero-padded (``000001``) so that folders sort, and
-written ``name@1`` in references (``name@000001`` is accepted too). A save writes into a hidden
-temporary folder and renames it onto the next free version; on a local filesystem the rename
-fails if another save took that number first, and the save retries with the next one. (Object
-stores have no atomic rename: serialise saves there.)
+written ``name@1`` in references (``name@000001`` is accepted too). On a local filesystem a save
+writes into a hidden temporary folder and renames it onto the next free version; the rename fails
+if another save took that number first, and the save retries with the next one. On an object
+store (``s3a://``, through ``conf.storage.arrow_filesystem`` with the lake's S3 settings) there is
+no atomic rename: a save writes straight into the next version's folder, ``info.json`` last, so
+readers never see an unfinished version, but two saves of one name at once could claim the same
+number: keep saves of one model name serialised there (one train job per name at a time).
 
 References: ``name@version`` or ``name`` (the newest complete version).
 
@@ -37,6 +40,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from conf.storage import arrow_filesystem
 from features.spec import FeatureSpec, check_compatible
 
 VERSION_DIGITS = 6
@@ -110,13 +114,11 @@ def code_revision() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Filesystem (local folders or any URI pyarrow understands)
+# Filesystem (local folders, s3a:// with the lake's S3 settings, any URI pyarrow understands)
 # ---------------------------------------------------------------------------------------------
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri and not uri.startswith("file:"):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(re.sub(r"^file:(//)?", "", uri))
+    return arrow_filesystem(uri)
 
 
 def _store_root(settings_or_root) -> str:
@@ -190,12 +192,8 @@ def save_model(
     fs, root = _fs(_store_root(settings_or_root))
     model_dir = f"{root}/{name}"
     fs.create_dir(model_dir, recursive=True)
-    tmp = f"{model_dir}/.tmp-{uuid.uuid4().hex}"
-    fs.create_dir(tmp, recursive=True)
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    _write_bytes(fs, f"{tmp}/{WEIGHTS_FILE}", buffer.getvalue())
-    _write_bytes(fs, f"{tmp}/{SPEC_FILE}", spec.to_json().encode())
     if hasattr(model, "config_dict"):  # the registry models' own record of every config field
         model_config = model.config_dict()
     info = ModelInfo(
@@ -206,6 +204,19 @@ def save_model(
         code_revision=code_revision(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         parameters=sum(p.numel() for p in model.parameters()), extra=dict(extra or {}), spec=spec,
     )
+    if not isinstance(fs, pafs.LocalFileSystem):  # object store: no atomic rename, info.json last
+        existing = _versions(fs, model_dir, complete_only=False)
+        info.version = (existing[-1] if existing else 0) + 1
+        final = f"{model_dir}/{format_version(info.version)}"
+        _write_bytes(fs, f"{final}/{WEIGHTS_FILE}", buffer.getvalue())
+        _write_bytes(fs, f"{final}/{SPEC_FILE}", spec.to_json().encode())
+        _write_bytes(fs, f"{final}/{INFO_FILE}", info.to_json().encode())
+        info.path = final
+        return info
+    tmp = f"{model_dir}/.tmp-{uuid.uuid4().hex}"
+    fs.create_dir(tmp, recursive=True)
+    _write_bytes(fs, f"{tmp}/{WEIGHTS_FILE}", buffer.getvalue())
+    _write_bytes(fs, f"{tmp}/{SPEC_FILE}", spec.to_json().encode())
     for _attempt in range(100):
         existing = _versions(fs, model_dir, complete_only=False)  # never reuse a number, even a broken one
         info.version = (existing[-1] if existing else 0) + 1
@@ -214,10 +225,7 @@ def save_model(
         if fs.get_file_info(final).type != pafs.FileType.NotFound:
             continue
         try:
-            if isinstance(fs, pafs.LocalFileSystem):
-                os.rename(tmp, final)  # atomic; fails if another save created `final` meanwhile
-            else:
-                fs.move(tmp, final)
+            os.rename(tmp, final)  # atomic; fails if another save created `final` meanwhile
         except OSError:
             continue
         info.path = final
