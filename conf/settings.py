@@ -37,7 +37,8 @@ embedded Derby metastore or an ``s3a://`` lake, 2 with a shared metastore on ano
 
 Project-local services (``ServiceSettings``; ``scripts/postgres.sh``, ``scripts/thrift-server.sh``,
 ``scripts/standalone.sh``, ``scripts/moto.sh``): ``INFNET_PG_PORT`` (55432),
-``INFNET_THRIFT_PORT`` (10000), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_MOTO_PORT`` (5055).
+``INFNET_THRIFT_PORT`` (10000), ``INFNET_THRIFT_MASTER`` (``local[2]``: the SQL endpoint's own Spark
+application), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_MOTO_PORT`` (5055).
 
 ``python -m conf.settings KEY`` prints one value for the shell scripts, e.g. ``services.pg_port``.
 
@@ -323,6 +324,9 @@ class ServiceSettings:
     pg_database: str = "metastore"
     pg_user: str = "infnet"
     thrift_port: int = _env_int("INFNET_THRIFT_PORT", 10000)
+    # the Thrift server is a Spark application of its own: small, local, queries only
+    thrift_master: str = _env("INFNET_THRIFT_MASTER", "local[2]")
+    thrift_driver_memory: str = _env("INFNET_THRIFT_DRIVER_MEMORY", "1g")
     standalone_port: int = _env_int("INFNET_STANDALONE_PORT", 7077)
     moto_port: int = _env_int("INFNET_MOTO_PORT", 5055)
     state_dir: str = _env("INFNET_SERVICES_DIR", str(REPO_ROOT / ".services"))

@@ -14,6 +14,7 @@ JVM-level options (jars, driver memory) only take effect from there under spark-
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import socket
@@ -196,8 +197,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         # executors in other JVMs (local-cluster, standalone on this machine) import the project
         # from the checkout, like the driver
-        "spark.executorEnv.PYTHONPATH": os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+        "spark.executorEnv.PYTHONPATH": os.pathsep.join(dict.fromkeys(
+            p for p in (str(REPO_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)) if p)),
         **object_store_conf(settings),
         **network_conf(settings),
         **gpu_conf(settings),
@@ -257,6 +258,25 @@ def check_metastore(spark: SparkSession, settings: Settings) -> None:
                          "created the Hive schema") from None
 
 
+def local_spark_home(settings: Settings) -> Path:
+    """A Spark home for ``local-cluster``: links to the wheel's ``bin``, ``jars``, ``python``, ... and
+    a ``work`` folder of its own (``<services.state_dir>/spark-home``). The in-JVM workers write each
+    executor's files under ``$SPARK_HOME/work``, which would otherwise be inside the venv."""
+    import pyspark
+
+    wheel = Path(pyspark.__file__).resolve().parent
+    home = Path(settings.services.state_dir) / "spark-home"
+    (home / "work").mkdir(parents=True, exist_ok=True)
+    for entry in wheel.iterdir():
+        link = home / entry.name
+        if entry.name != "work" and not link.exists():
+            try:
+                link.symlink_to(entry)
+            except FileExistsError:  # another process made it first
+                pass
+    return home
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> SparkSession:
     """Build (or reuse) the project's Spark session and make sure the database exists."""
     settings = settings or Settings()
@@ -267,6 +287,8 @@ def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> Spa
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if settings.spark.on_this_machine:  # the JVM (and local-cluster workers) bind here
         os.environ.setdefault("SPARK_LOCAL_IP", settings.spark.bind_address)
+    if settings.spark.kind == "local-cluster" and "SPARK_HOME" not in os.environ:
+        os.environ["SPARK_HOME"] = str(local_spark_home(settings))
     if settings.metastore.embedded:
         Path(settings.lake.metastore_dir).parent.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder.appName(app_name)
@@ -274,6 +296,10 @@ def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> Spa
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if settings.spark.kind != "local":
+        # stop executors before the interpreter exits: otherwise the (local-cluster) master
+        # relaunches the executors it sees dying during the JVM's shutdown, with errors in the log
+        atexit.register(spark.stop)
     check_metastore(spark, settings)
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {settings.lake.database}")
     return spark

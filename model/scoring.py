@@ -125,22 +125,35 @@ def score_packed_batch(predictor: Predictor, data: pa.RecordBatch,
     return rows, user_index, _score_rows(predictor, flat)
 
 
-def choose_device(requested: str = "auto") -> str:
-    """The device for this Python worker: Spark's GPU assignment first, then CUDA, then CPU."""
-    if requested != "auto":
-        return requested
-    if not torch.cuda.is_available():
-        return "cpu"
+def assigned_gpu() -> str | None:
+    """The GPU address Spark assigned to the running task (``TaskContext.resources()["gpu"]``), or
+    None outside a task or when the cluster schedules no GPUs."""
     try:
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         gpus = ctx.resources().get("gpu") if ctx is not None else None
-        if gpus is not None and gpus.addresses:
-            return f"cuda:{gpus.addresses[0]}"
-    except Exception:  # noqa: BLE001 - outside Spark, or no resource info: fall through
-        pass
-    return "cuda"
+        return gpus.addresses[0] if gpus is not None and gpus.addresses else None
+    except Exception:  # noqa: BLE001 - no resource info in this Spark task: nothing assigned
+        return None
+
+
+def choose_device(requested: str = "auto") -> str:
+    """The device for this Python worker: the GPU Spark assigned to the task (``cuda:<address>``),
+    else CUDA's default device, else the CPU. A task assigned a GPU in a worker where torch sees no
+    CUDA scores on the CPU and says so once per worker process (one log line)."""
+    if requested != "auto":
+        return requested
+    gpu = assigned_gpu()
+    if torch.cuda.is_available():
+        return f"cuda:{gpu}" if gpu is not None else "cuda"
+    if gpu is not None and not getattr(choose_device, "_warned", False):
+        import logging
+
+        logging.getLogger("infnet.scoring").warning(
+            "Spark assigned GPU %s to this task but torch sees no CUDA device: scoring on the CPU", gpu)
+        choose_device._warned = True  # type: ignore[attr-defined]
+    return "cpu"
 
 
 def make_batch_scorer(store_root: str, ref: str, passthrough: Sequence[str],
