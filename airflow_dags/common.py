@@ -12,7 +12,7 @@ path, so no PATH set-up is needed), which runs the job with the project's ``.ven
 wrapper's own default, and the last ``--master`` wins. Moving to a cluster means changing that
 connection, e.g. ``airflow connections add spark_default --conn-type spark --conn-host yarn
 --conn-extra '{"deploy-mode": "client"}'`` or host ``spark://master:7077`` / ``k8s://https://...``,
-plus a shared metastore instead of the embedded Derby one (see ``POOL``). ``INFNET_SPARK_SUBMIT``
+plus a shared metastore instead of the embedded Derby one (``INFNET_METASTORE_URL``; see ``POOL``). ``INFNET_SPARK_SUBMIT``
 replaces the wrapper (e.g. ``spark-submit`` from PATH on a cluster edge node).
 
 **Failures.** Every task retries with exponential backoff, except when the job itself says the
@@ -47,13 +47,15 @@ SETTINGS = Settings()
 SPARK_CONN_ID = "spark_default"
 SPARK_SUBMIT = os.environ.get("INFNET_SPARK_SUBMIT") or str(REPO_ROOT / "scripts" / "spark-submit")
 
-# Embedded Derby (the local catalog under the lake) admits ONE JVM at a time ("XSDB6: Another
-# instance of Derby may have already booted the database"), so every Spark task of every infnet
-# DAG shares this pool of one slot: branches that look parallel (champion / challenger) run one
-# after the other. scripts/setup_airflow.sh creates it. With a shared metastore service (Hive
-# metastore / Thrift server) in production, raise the pool's slots: no DAG change is needed.
+# Every Spark task of every infnet DAG shares this pool; its size is a setting
+# (conf.settings.Settings.pool_slots, $INFNET_POOL_SLOTS) that scripts/setup_airflow.sh applies:
+# 1 with the embedded Derby catalog, which admits ONE JVM at a time ("XSDB6: Another instance of
+# Derby may have already booted the database"), so branches that look parallel (champion /
+# challenger) run one after the other; 2 by default with a shared metastore (INFNET_METASTORE_URL);
+# 1 again on an s3a:// lake, where Delta's default log store allows one writer per table and both
+# score branches write `scores`. No DAG change is needed to move between them.
 POOL = "spark_embedded"
-POOL_SLOTS = 1
+POOL_SLOTS = SETTINGS.pool_slots
 
 # Data interval [day, day + 1): a run fires after its day is over and `{{ ds }}` is that day.
 START_DATE = dt.datetime(2022, 4, 25, tzinfo=dt.timezone.utc)  # first day of the bundled demo log

@@ -38,7 +38,9 @@ embedded Derby metastore or an ``s3a://`` lake, 2 with a shared metastore on ano
 Project-local services (``ServiceSettings``; ``scripts/postgres.sh``, ``scripts/thrift-server.sh``,
 ``scripts/standalone.sh``, ``scripts/moto.sh``): ``INFNET_PG_PORT`` (55432),
 ``INFNET_THRIFT_PORT`` (10000), ``INFNET_THRIFT_MASTER`` (``local[2]``: the SQL endpoint's own Spark
-application), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_MOTO_PORT`` (5055).
+application), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_STANDALONE_UI_PORT`` (8090),
+``INFNET_STANDALONE_WORKERS`` (2) of ``INFNET_WORKER_CORES`` (1) and ``INFNET_WORKER_MEMORY`` (1g),
+``INFNET_MOTO_PORT`` (5055).
 
 ``python -m conf.settings KEY`` prints one value for the shell scripts, e.g. ``services.pg_port``.
 
@@ -328,6 +330,10 @@ class ServiceSettings:
     thrift_master: str = _env("INFNET_THRIFT_MASTER", "local[2]")
     thrift_driver_memory: str = _env("INFNET_THRIFT_DRIVER_MEMORY", "1g")
     standalone_port: int = _env_int("INFNET_STANDALONE_PORT", 7077)
+    standalone_ui_port: int = _env_int("INFNET_STANDALONE_UI_PORT", 8090)  # Airflow's UI has 8080
+    standalone_workers: int = _env_int("INFNET_STANDALONE_WORKERS", 2)
+    worker_cores: int = _env_int("INFNET_WORKER_CORES", 1)
+    worker_memory: str = _env("INFNET_WORKER_MEMORY", "1g")
     moto_port: int = _env_int("INFNET_MOTO_PORT", 5055)
     state_dir: str = _env("INFNET_SERVICES_DIR", str(REPO_ROOT / ".services"))
 

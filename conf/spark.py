@@ -21,9 +21,13 @@ import socket
 import sys
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING
 
 from conf.settings import REPO_ROOT, Settings, master_endpoints
+
+
+if TYPE_CHECKING:  # pyspark is imported where a session is built: the wrappers' --env stays fast
+    from pyspark.sql import SparkSession
 
 
 class SetupError(RuntimeError):
@@ -279,6 +283,8 @@ def local_spark_home(settings: Settings) -> Path:
 
 def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> SparkSession:
     """Build (or reuse) the project's Spark session and make sure the database exists."""
+    from pyspark.sql import SparkSession
+
     settings = settings or Settings()
     conf = spark_conf(settings)
     check_services(settings)

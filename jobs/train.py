@@ -6,6 +6,10 @@ run is reproducible, streams the train / valid / test dates from that snapshot's
 evaluates the test days, and stores weights + configs + feature spec + Delta version + date split
 + metrics as the next version of ``--name`` (model/store.py). Prints ``name@version``.
 
+With ``--distributed N`` the model trains in N data-parallel processes (DDP through Spark's
+TorchDistributor: barrier tasks on the executors of a cluster master, processes beside the driver
+with ``local[*]``; model/distributed.py).
+
 Example:
     infnet train --model infnet --config d=64 --config n_blocks=2 \\
         --train-dates 2022-04-25..2022-05-01 --valid-dates 2022-05-02 --test-dates 2022-05-03..2022-05-04
@@ -71,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loss weight of a task (repeatable); default 1, like 10 (model.train.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--distributed", type=int, metavar="N",
+                        help="train in N DDP processes with TorchDistributor (gloo on CPU, nccl on GPU executors)")
     return parser
 
 
@@ -132,15 +138,22 @@ def body(spark, settings, args) -> None:
                                shuffle_buffer_rows=config.shuffle_buffer_rows, drop_last=False)
                for s, snap in snapshots.items()}
     try:
-        result = build_and_train(args.model, spec, batches["train"], batches["valid"], batches.get("test"),
-                                 config, dict(args.config))
-    except ValueError as err:  # bad config field, unknown task weight
+        if args.distributed:
+            from model.distributed import train_distributed
+
+            result = train_distributed(spark, settings, args.model, spec, snapshots, config, dict(args.config),
+                                       args.distributed)
+        else:
+            result = build_and_train(args.model, spec, batches["train"], batches["valid"], batches.get("test"),
+                                     config, dict(args.config))
+    except ValueError as err:  # bad config field, unknown task weight, too many processes
         raise JobError(str(err)) from None
     info = save_model(
         settings, args.name or args.model, result.model, spec, architecture=args.model,
         model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
         date_split=splits, metrics=result.metrics,
-        extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()}},
+        extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()},
+               "distributed_processes": args.distributed or 1},
     )
     print(format_metrics(result.metrics))
     print(info.ref)

@@ -10,7 +10,8 @@
 #   2. a project-local AIRFLOW_HOME (default .airflow/) with airflow.cfg whose dags_folder is
 #      airflow_dags/, and its SQLite metadata database (`airflow db migrate`);
 #   3. the `spark_default` connection (local[*]) unless it exists (so a cluster master set by
-#      hand survives reruns), and the `spark_embedded` pool of one slot.
+#      hand survives reruns), and the `spark_embedded` pool with Settings.pool_slots slots
+#      (INFNET_POOL_SLOTS; 1 with the embedded Derby metastore).
 #
 # Usage: bash scripts/setup_airflow.sh            # set up / check
 #        bash scripts/setup_airflow.sh --relock   # re-resolve the lock from the top-level pins
@@ -95,6 +96,9 @@ if ! "$AIRFLOW" connections get spark_default >/dev/null 2>&1; then
 else
   echo "[setup-airflow] connection spark_default exists (left as it is)"
 fi
-"$AIRFLOW" pools set spark_embedded 1 \
-  "embedded Derby metastore: one Spark JVM at a time; raise with a shared metastore service" >/dev/null
-echo "[setup-airflow] done: $("$AIRFLOW" version), AIRFLOW_HOME=$AIRFLOW_HOME"
+# The pool's size is a setting (conf.settings: Settings.pool_slots, $INFNET_POOL_SLOTS): 1 with the
+# embedded Derby metastore, 2 with a shared one (1 again on an s3a:// lake: one writer per table).
+SLOTS=$(cd "$ROOT" && "$VENV/bin/python" -m conf.settings pool_slots) || exit 2
+"$AIRFLOW" pools set spark_embedded "$SLOTS" \
+  "Spark jobs of the infnet DAGs; size = conf.settings Settings.pool_slots (INFNET_POOL_SLOTS)" >/dev/null
+echo "[setup-airflow] done: $("$AIRFLOW" version), AIRFLOW_HOME=$AIRFLOW_HOME, pool spark_embedded: $SLOTS slot(s)"

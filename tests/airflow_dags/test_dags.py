@@ -282,6 +282,28 @@ def test_every_task_retries_with_backoff_in_the_one_slot_pool(dagbag, dag_id):
             assert task.max_retry_delay == dt.timedelta(minutes=30)
 
 
+def test_the_pool_size_is_the_setting_and_setup_applies_it():
+    from conf.settings import Settings
+
+    assert common.POOL_SLOTS == Settings().pool_slots
+    setup = (REPO / "scripts" / "setup_airflow.sh").read_text()
+    assert "-m conf.settings pool_slots" in setup and 'pools set spark_embedded "$SLOTS"' in setup
+
+
+def test_setup_sets_the_pool_from_the_settings(tmp_path):
+    """scripts/setup_airflow.sh's pool step with a shared metastore: two slots (Derby: one)."""
+    env = {**os.environ, "INFNET_METASTORE_URL": "jdbc:postgresql://127.0.0.1:55432/metastore"}
+    env.pop("INFNET_POOL_SLOTS", None)
+    env.pop("INFNET_LAKE", None)
+    out = subprocess.run([str(REPO / ".venv-airflow" / "bin" / "python"), "-m", "conf.settings", "pool_slots"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+    bad = subprocess.run([str(REPO / ".venv-airflow" / "bin" / "python"), "-m", "conf.settings", "pool_slots"],
+                         cwd=REPO, env={**env, "INFNET_METASTORE_URL": "", "INFNET_POOL_SLOTS": "3"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "INFNET_POOL_SLOTS=3 needs a shared metastore" in bad.stderr
+
+
 def test_the_connection_chooses_the_master_after_the_wrapper(monkeypatch):
     """The hook puts the connection's ``--master`` on the wrapper's command line; spark-submit keeps
     the last ``--master``, so the connection beats the wrapper's local[*] default."""
