@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export GX_ANALYTICS_ENABLED := false
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 
-.PHONY: setup demo test bench accuracy airflow-setup clean
+.PHONY: setup demo test cluster bench accuracy airflow-setup clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,6 +14,16 @@ demo: setup
 
 test: setup airflow-setup
 	bash scripts/run_tests.sh
+
+# The cluster proof alone (tests/cluster/test_cluster_proof.py): local-cluster Spark, the lake on a
+# moto S3 server, a Postgres metastore and the Thrift server, each started and stopped by the test;
+# ends with one summary line.
+cluster: setup
+	@rm -f .services/cluster-proof-summary.txt
+	@bash scripts/run_tests.sh --services-only
+	@$(PY) -m pytest tests/cluster/test_cluster_proof.py -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 0 ] && [ -f .services/cluster-proof-summary.txt ]; then cat .services/cluster-proof-summary.txt; \
+	  else echo "cluster proof: FAILED (pytest exit $$rc)"; fi; exit $$rc
 
 airflow-setup:
 	bash scripts/setup_airflow.sh
@@ -27,4 +37,4 @@ accuracy: setup
 	$(PY) -m bench.accuracy --lake lake --external
 
 clean:
-	rm -rf lake spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf lake spark-warehouse metastore_db derby.log .pytest_cache .spark-conf/*/

@@ -16,7 +16,8 @@ What each process does (:func:`train_worker`):
   batches on every rank so that no process waits for a gradient another never sends;
 - evaluates the full validation set at each evaluation, as one process would: the weights are
   identical on every rank after each step, so every rank reaches the same early-stopping decision;
-- rank 0 returns the restored best weights (CPU tensors), the metrics and the history; the driver
+- rank 0's restored best weights (CPU tensors), metrics and history are what every rank returns
+  (TorchDistributor's local mode keeps whichever process writes its output last); the driver
   rebuilds the model from them and stores it like any other version.
 
 The training loop itself is unchanged (``model/train.py``): DDP enters through the ``builder``
@@ -115,12 +116,17 @@ def train_worker(model_name: str, spec, snapshots: dict, config, model_config: d
 
         result = build_and_train(model_name, spec, RankShard(batches["train"], rank, world), batches["valid"],
                                  batches.get("test"), config, model_config, builder=ddp_builder)
-        if rank != 0:
-            return None
-        inner = result.model.module
-        state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
-        metrics = {**result.metrics, "world_size": world, "backend": backend}
-        return WorkerResult(state, metrics, result.history, result.model_config, world)
+        out = None
+        if rank == 0:
+            inner = result.model.module
+            state = {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+            metrics = {**result.metrics, "world_size": world, "backend": backend}
+            out = WorkerResult(state, metrics, result.history, result.model_config, world)
+        # every rank returns rank 0's result: in local mode all processes write the same output file
+        # and the last writer wins, so they must all write the same thing
+        shared = [out]
+        dist.broadcast_object_list(shared, src=0)
+        return shared[0]
     finally:
         dist.destroy_process_group()
 

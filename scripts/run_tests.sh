@@ -3,8 +3,34 @@
 # tests in .venv-airflow (Airflow's Spark provider cannot share the project venv: PITFALLS.md).
 # pytest's exit code 5 (no tests collected) is a failure here: a suite that ran nothing must not
 # look green.
+#
+# The cluster tests (tests/cluster) start their own services on free loopback ports and stop them
+# (a moto S3 server, a project-local PostgreSQL, the Thrift server, Spark standalone daemons); this
+# script first makes sure what they need is installed (the Postgres driver and object-store jars
+# from Maven, moto's venv; PostgreSQL itself comes with the machine or from apt), and on exit stops
+# any service left in the default .services/ folder. `--services-only` does just the preparation.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+SERVICES=(thrift-server standalone moto postgres)
+running_before=()
+for s in "${SERVICES[@]}"; do
+  bash "scripts/$s.sh" status >/dev/null 2>&1 && running_before+=("$s")
+done
+stop_services() {  # what the run left in .services/; a service that ran before the tests keeps running
+  for s in "${SERVICES[@]}"; do
+    [[ " ${running_before[*]} " == *" $s "* ]] || bash "scripts/$s.sh" stop >/dev/null 2>&1 || true
+  done
+}
+prepare_services() {
+  bash scripts/resolve_jars.sh metastore-postgres object-store && bash scripts/moto.sh venv
+}
+if [ "${1:-}" = "--services-only" ]; then
+  prepare_services
+  exit $?
+fi
+prepare_services || { echo "run_tests: could not prepare the cluster tests' services" >&2; exit 1; }
+trap stop_services EXIT
 
 run() {  # run <label> <python> <pytest args...>
   local label=$1 py=$2; shift 2

@@ -61,3 +61,10 @@ def s3_env(moto_endpoint, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def profile_jars():
+    """The Postgres driver and the object-store jars (Maven, once; skipped when present)."""
+    subprocess.run(["bash", str(REPO / "scripts" / "resolve_jars.sh"), "metastore-postgres", "object-store"],
+                   check=True, timeout=900, capture_output=True)
