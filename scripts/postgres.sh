@@ -89,7 +89,10 @@ start() {
       || { tail -20 "$BASE/initdb.log" >&2; exit 1; }
     rm -f "$BASE/pwfile"
   fi
-  [ "$(id -u)" = 0 ] && chown -R postgres: "$BASE"
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres: "$BASE"
+    runuser -u postgres -- test -x "$BASE" || { echo "postgres.sh: the postgres account cannot reach $BASE (a parent folder is private): choose another INFNET_SERVICES_DIR" >&2; exit 2; }
+  fi
   if ! running; then
     as_owner "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 \
       -o "-c listen_addresses=$HOST -p $PORT -k $SOCK -c max_connections=50 -c fsync=off" start >/dev/null \

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -120,7 +122,11 @@ class LineReader(threading.Thread):
 def services_env(tmp_path_factory, moto_endpoint, profile_jars):
     """Postgres (own port and folder) + the settings every process of the proof reads."""
     work = tmp_path_factory.mktemp("proof")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "INFNET_SERVICES_DIR": str(work / "services"),
+    # PostgreSQL runs as the `postgres` account under root: its folder must not sit below pytest's
+    # private (0700) temporary root
+    services = Path(tempfile.mkdtemp(prefix="infnet-proof-services-"))
+    services.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "INFNET_SERVICES_DIR": str(services),
            "INFNET_PG_PORT": str(free_port()), "INFNET_THRIFT_PORT": str(free_port()),
            "INFNET_LAKE": LAKE, "INFNET_SPARK_MASTER": "local-cluster[2,1,1024]", "INFNET_SHUFFLE_PARTITIONS": "2",
            "INFNET_S3_ENDPOINT": moto_endpoint, "INFNET_S3_ACCESS_KEY": "k", "INFNET_S3_SECRET_KEY": "s",
@@ -137,6 +143,7 @@ def services_env(tmp_path_factory, moto_endpoint, profile_jars):
         yield work, env
     finally:
         subprocess.run([*postgres, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(services, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +198,10 @@ def proof(services_env):
         result["day2"] = day_scores(services, DAY2)
         result["metrics"] = query(services, "SELECT CAST(`date` AS STRING) AS d, count(*) AS n FROM infnet.metrics "
                                             "WHERE model_name = 'infnet' GROUP BY `date` ORDER BY d")
+        # Delta on s3a: time travel to the first commit (day 1 only) and the CHECK constraint
+        result["version0"] = query(services, "SELECT CAST(`date` AS STRING) AS d, count(*) AS n "
+                                             "FROM infnet.scores VERSION AS OF 0 GROUP BY `date`")
+        result["properties"] = query(services, "SHOW TBLPROPERTIES infnet.scores")
         result["thrift_pid_after"] = (Path(env["INFNET_SERVICES_DIR"]) / "thrift").glob("*.pid").__next__() \
             .read_text().strip()
         result["thrift_pid"] = thrift_pid
@@ -239,6 +250,13 @@ def test_scores_on_the_cluster_equal_scores_on_local(proof):
     for column in ("score_click", "score_like", "score_long_view"):
         np.testing.assert_allclose(local[column].astype(float), cluster[column].astype(float), rtol=1e-5, atol=1e-6)
     assert set(cluster["scored_at"]) != set(local["scored_at"])  # really rewritten by the local run
+
+
+def test_delta_on_s3a_keeps_history_and_constraints(proof):
+    assert proof["version0"]["d"].tolist() == [DAY1]  # time travel: the first commit had day 1 only
+    assert proof["version0"]["n"].tolist() == [len(proof["cluster_day1"])]
+    keys = set(proof["properties"].iloc[:, 0])
+    assert "delta.constraints.scores_are_probabilities" in keys
 
 
 def test_the_model_trained_in_two_processes_and_both_days_were_evaluated(proof, services_env):
