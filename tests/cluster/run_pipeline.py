@@ -2,7 +2,7 @@
 (like ``infnet demo``), on whatever the settings say (the proof: ``local-cluster[2,1,1024]``, the
 lake on moto S3, the Postgres metastore).
 
-    python tests/cluster/run_pipeline.py --log LOG --go-file FILE [--skip-to score2]
+    INFNET_RAW_DIR=<landing zone> python tests/cluster/run_pipeline.py --go-file FILE
 
 Steps: ingest -> build_features -> train (``--distributed 2``) -> build_candidates -> score day 1
 -> [wait for ``--go-file``: the SQL clients are polling] -> score day 2 -> evaluate both days.
@@ -26,12 +26,12 @@ ALL = "2022-04-25..2022-05-01"
 MODEL = "infnet"
 
 
-def steps(log: str) -> list[tuple[str, str, list[str]]]:
+def steps() -> list[tuple[str, str, list[str]]]:
     return [
-        ("ingest", "ingest", ["--log", log, "--dates", ALL]),
+        ("ingest", "ingest", ["--dates", ALL]),  # raw files from $INFNET_RAW_DIR
         ("build_features", "build_features", ["--dates", ALL]),
         ("train", "train", ["--model", MODEL, "--train-dates", TRAIN, "--valid-dates", VALID, "--epochs", "1",
-                            "--no-progress", "--distributed", "2", "--threads", "1"]),
+                            "--no-progress", "--distributed", "2", "--threads", "1", "--batch-size", "256"]),
         ("build_candidates", "build_candidates", ["--dates", f"{DAY1},{DAY2}"]),
         ("score1", "score", ["--model", MODEL, "--date", DAY1]),
         ("wait", "", []),
@@ -42,12 +42,11 @@ def steps(log: str) -> list[tuple[str, str, list[str]]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log", required=True)
     parser.add_argument("--go-file", help="wait for this file before the second score (the pollers' cue)")
     parser.add_argument("--go-timeout", type=float, default=600)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    for name, job, flags in steps(args.log):
+    for name, job, flags in steps():
         t0 = time.monotonic()
         print(f"STEP {name} start", flush=True)
         if name == "wait":
