@@ -3,8 +3,8 @@ on S3 (a moto server), the catalog in a shared PostgreSQL metastore, and the SQL
 Thrift server) answering two clients while a job writes.
 
 One run of ``tests/cluster/run_pipeline.py`` (ingest -> build_features -> train with 2 DDP
-processes -> build_candidates -> score day 1 -> score day 2 -> evaluate), a user sample of the
-bundled log. While day 2 is scored, and while a second job on ``local[2]`` re-scores day 1, two
+processes -> build_candidates -> score day 1 -> score day 2 -> evaluate) on a 1-in-40 user sample of
+the bundled files. While day 2 is scored, and while a second job on ``local[2]`` re-scores day 1, two
 PyHive clients poll ``infnet.scores`` on the Thrift server: every query must succeed and see one
 whole version of each day (all its rows, one ``scored_at``), and day 2 must appear without
 restarting the server. The re-scored day 1 must equal the cluster's scores. ``make cluster`` runs
@@ -297,3 +297,19 @@ def test_the_model_trained_in_two_processes_and_both_days_were_evaluated(proof, 
     SUMMARY.parent.mkdir(parents=True, exist_ok=True)
     SUMMARY.write_text(line + "\n")
     print("\n" + line)
+
+
+def test_a_metastore_that_refuses_is_one_line_naming_the_setting(services_env, tmp_path):
+    """Bad input: the database answers but has no such catalog database: exit 2 in bounded time,
+    the job's last line names INFNET_METASTORE_URL (Hive's own log lines come before it)."""
+    _, env = services_env
+    wrong = env["INFNET_METASTORE_URL"].rsplit("/", 1)[0] + "/no_such_database"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "jobs.cli", "sql", "SELECT 1"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300,
+                            env={**env, "INFNET_METASTORE_URL": wrong, "INFNET_SPARK_MASTER": "local[1]",
+                                 "INFNET_LAKE": str(tmp_path / "lake")})
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sql: error:")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"sql: error: INFNET_METASTORE_URL {wrong}: the metastore refused")
+    assert time.monotonic() - started < 120
