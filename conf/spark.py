@@ -262,6 +262,25 @@ def check_metastore(spark: SparkSession, settings: Settings) -> None:
                          "created the Hive schema") from None
 
 
+def submitted_master(settings: Settings) -> Settings:
+    """Under ``spark-submit`` the command line's ``--master`` (the Airflow connection's, appended
+    after the wrapper's) wins over a master that merely came from the environment default; the
+    builder would otherwise override it. A master set explicitly (a job's ``--master``) stays."""
+    from dataclasses import replace
+
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):  # not launched by spark-submit
+        return settings
+    if settings.spark.master != os.environ.get("INFNET_SPARK_MASTER", "local[*]"):
+        return settings
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # noqa: SLF001 - connects to spark-submit's JVM: its properties
+    submitted = SparkConf().get("spark.master", None)
+    if not submitted or submitted == settings.spark.master:
+        return settings
+    return replace(settings, spark=replace(settings.spark, master=submitted))
+
+
 def local_spark_home(settings: Settings) -> Path:
     """A Spark home for ``local-cluster``: links to the wheel's ``bin``, ``jars``, ``python``, ... and
     a ``work`` folder of its own (``<services.state_dir>/spark-home``). The in-JVM workers write each
@@ -285,7 +304,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> Spa
     """Build (or reuse) the project's Spark session and make sure the database exists."""
     from pyspark.sql import SparkSession
 
-    settings = settings or Settings()
+    settings = submitted_master(settings or Settings())
     conf = spark_conf(settings)
     check_services(settings)
     # Python workers must run the venv's interpreter (PITFALLS.md: "No module named 'pyarrow'").

@@ -198,3 +198,17 @@ def test_a_job_with_a_wrong_setting_exits_2_with_one_line_quickly(tmp_path, jar_
     assert len(lines) == 1 and setting.split("=")[0] in lines[0], lines
     assert "Traceback" not in result.stderr
     assert elapsed < 60, elapsed
+
+
+def test_under_spark_submit_the_command_line_master_wins(tmp_path):
+    """The Airflow hook appends the connection's --master after the wrapper's: the job must run on
+    it, not on the environment's default that the session builder would otherwise set again."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from conf.spark import get_spark\nfrom conf.settings import Settings\n"
+                     "print('MASTER', get_spark(Settings()).sparkContext.master)\n")
+    env = {k: v for k, v in os.environ.items() if k != "INFNET_SPARK_MASTER"}
+    env.update(INFNET_LAKE=str(tmp_path / "lake"), PYTHONPATH=str(REPO))
+    result = subprocess.run([str(REPO / "scripts" / "spark-submit"), "--master", "local[1]", str(probe)], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MASTER local[1]" in result.stdout
