@@ -39,6 +39,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from conf.tables import BRONZE_LOG, EXAMPLES, LOG_BINARY_LABELS, LOG_NON_NEGATIVE, LOG_REQUIRED, RAW_LOG_SCHEMA
+from features.contracts import hours_from_local_day, local_day_bounds_hours
 from features.spec import FeatureSpec
 
 CRITICAL = "critical"
@@ -58,9 +59,10 @@ BRONZE_LABEL_OF_TASK: dict[str, str] = {"click": "is_click", "long_view": "long_
 
 TAB_DOMAIN = (0, 15)  # KuaiRand tabs seen: 0..14; one spare value before calling it corrupt
 HOURMIN_DOMAIN = (0, 2359)
-# time_ms must fall near its date partition (UTC midnight); KuaiRand days span -10 h .. +16 h
-# because the source dates are Beijing days. Farther away means a mis-partitioned or future event.
-TIME_MS_HOURS_FROM_DATE = (-24.0, 48.0)
+# time_ms must fall in its date partition's day (the log's Beijing days), give or take the ingest
+# contract's tolerance (conf.tables.LOG_DATE_TOLERANCE_HOURS): ingest quarantines the rest, so a
+# failure here means bronze_log was written some other way (mis-partitioned or future events).
+TIME_MS_HOURS_FROM_DATE = local_day_bounds_hours()
 
 
 @dataclass(frozen=True)
@@ -153,11 +155,10 @@ def prepare_for_validation(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 
 
 def _bronze_prepare(df: DataFrame) -> DataFrame:
-    """Hours between ``time_ms`` and its ``date`` partition's UTC midnight."""
+    """Hours from the start of the ``date`` partition's day (UTC+8, the log's days) to ``time_ms``."""
     if not {"time_ms", "date"} <= set(df.columns):
         return df
-    midnight_ms = F.unix_timestamp(F.col("date").cast("timestamp")) * F.lit(1000)
-    return df.withColumn(derived("time_ms", "hours_from_date"), (F.col("time_ms") - midnight_ms) / F.lit(3_600_000.0))
+    return df.withColumn(derived("time_ms", "hours_from_date"), hours_from_local_day(F.col("date"), F.col("time_ms")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def bronze_log_suite() -> TableSuite:
     exps += [
         expectation(
             gxe.ExpectColumnValuesToBeBetween, CRITICAL,
-            f"time_ms within [{lo:+.0f} h, {hi:+.0f} h] of its date partition (no mis-dated or future events)",
+            f"time_ms within [{lo:+.0f} h, {hi:+.0f} h] of the start of its date partition's day (UTC+8; "
+            "no mis-dated or future events)",
             column=derived("time_ms", "hours_from_date"), min_value=lo, max_value=hi, meta_column="time_ms",
         ),
         expectation(

@@ -118,10 +118,13 @@ def test_prepare_for_validation_derives_array_checks(spark):
     assert "seq_like__len" not in out[0].asDict()
 
 
-def test_bronze_prepare_measures_hours_from_date(spark):
+def test_bronze_prepare_measures_hours_from_the_start_of_the_day(spark):
+    """The log's days are Beijing (UTC+8) days: UTC midnight of 05-01 is 08:00 of the day."""
     suite = bronze_log_suite()
     day = dt.date(2022, 5, 1)
     midnight = int(dt.datetime(2022, 5, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
     df = spark.createDataFrame([(midnight + 90 * 60_000, day), (midnight + 5 * 86_400_000, day)], "time_ms long, date date")
     hours = [r["time_ms__hours_from_date"] for r in suite.prepare(df).collect()]
-    assert hours[0] == pytest.approx(1.5) and math.isclose(hours[1], 120.0)
+    assert hours[0] == pytest.approx(9.5) and math.isclose(hours[1], 128.0)
+    band = _by_name(suite)["expect_column_values_to_be_between(time_ms__hours_from_date)"]
+    assert (band.min_value, band.max_value) == (-3.0, 27.0)
