@@ -129,12 +129,22 @@ def _error_position(err: BaseException, desc: str) -> str:
 
 def quiet_loggers(verbose: bool) -> None:
     """Keep a job's stderr to what the user needs: PySpark logs every captured Spark error as a
-    kilobyte JSON record before the job prints its one line, and py4j logs its shutdown."""
+    kilobyte JSON record before the job prints its one line, py4j logs its shutdown, and
+    great-expectations ~150 INFO lines per gate (one of them a bare ``[]``)."""
     from pyspark.logger import PySparkLogger
 
     for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
         PySparkLogger.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-    logging.getLogger("py4j").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in ("py4j", "great_expectations"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # this module sets its own logger to INFO when imported (after us), so a level would not hold
+    gx_base = logging.getLogger("great_expectations.data_context.types.base")
+    if not verbose and _below_warning not in gx_base.filters:
+        gx_base.addFilter(_below_warning)
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
 
 
 def parse_date(value: str) -> str:
