@@ -7,7 +7,8 @@ everything after it out of step with no job to notice. Queries, SHOW, DESCRIBE, 
 
 Tables live in the ``infnet`` database (``USE infnet`` is applied, so ``scores`` and
 ``infnet.scores`` both work). The embedded Derby catalog admits one JVM at a time: run queries
-when no other job is running, or point the session at a shared metastore in production.
+when no other job is running (otherwise this stops with one line, exit 2), or point the session
+at a shared metastore in production.
 
 examples:
   infnet sql "SELECT model_name, count(*) FROM scores GROUP BY model_name"
@@ -36,7 +37,7 @@ WRITE_WORDS = ("Insert", "Write", "Delete", "Update", "Merge", "Drop", "Create",
 
 
 def build_parser():
-    parser = base_parser("sql", __doc__.splitlines()[0])
+    parser = base_parser("sql", __doc__)
     parser.add_argument("query", help="SQL statement; tables by name, e.g. SELECT * FROM scores LIMIT 5")
     parser.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     parser.add_argument("--csv", help="also write the full result to this CSV file")
