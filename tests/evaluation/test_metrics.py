@@ -238,7 +238,8 @@ def run_evaluate(esettings, *argv: str) -> int:
     from jobs.common import run_job
     from jobs.evaluate import body, build_parser
 
-    return run_job(build_parser(), lambda spark, _, args: body(spark, esettings, args), list(argv))
+    argv = ["--lake", esettings.lake.root, *argv]  # the session's settings; the body gets esettings (its database)
+    return run_job(build_parser(), lambda spark, _, args: body(spark, esettings, args), argv)
 
 
 def test_evaluate_job_reruns_replace_rows(spark, lake_with_scores, capsys):

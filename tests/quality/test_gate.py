@@ -341,7 +341,7 @@ def test_the_gate_job_prints_no_library_chatter(spark, qsettings, caplog, capsys
     write_table(bronze_df(spark, bronze_rows(day)), qsettings, BRONZE_LOG, {"date": day})
     caplog.set_level(logging.INFO)
     rc = run_job(build_parser(), lambda s, _, args: body(s, qsettings, args),
-                 ["--table", "bronze_log", "--date", day])
+                 ["--lake", qsettings.lake.root, "--table", "bronze_log", "--date", day])
     assert rc == 0, capsys.readouterr().err
     chatter = [r for r in caplog.records if r.name.startswith("great_expectations") and r.levelno < logging.WARNING]
     assert chatter == [] and not any(r.getMessage().strip().endswith("[]") for r in caplog.records)
