@@ -42,11 +42,14 @@ def write_table(
     replace_slice: dict[str, Any] | str | None = None,
     user_metadata: dict[str, Any] | None = None,
     properties: dict[str, str] | None = None,
+    merge_schema: bool = False,
 ) -> int:
     """Write ``df`` into ``table``, replacing ``replace_slice`` (or the whole table when None).
 
     ``replace_slice`` is a column->value dict (or a SQL predicate) that every row of ``df`` must
     satisfy; Delta enforces it, so a rerun for the same slice replaces exactly that slice.
+    ``merge_schema`` lets a slice write add the nullable columns a newer release gave the table
+    (older rows read them as null) instead of failing on the schema of a lake written before.
     Returns the new Delta version of the table.
     """
     spark = df.sparkSession
@@ -59,6 +62,8 @@ def write_table(
         writer = writer.option("replaceWhere", predicate)
     elif replace_slice is None:
         writer = writer.option("overwriteSchema", "true")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if user_metadata:
         writer = writer.option("userMetadata", json.dumps(user_metadata, sort_keys=True))
     writer.save(path)

@@ -326,8 +326,26 @@ def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> Spa
         # relaunches the executors it sees dying during the JVM's shutdown, with errors in the log
         atexit.register(spark.stop)
     check_metastore(spark, settings)
-    spark.sql(f"CREATE DATABASE IF NOT EXISTS {settings.lake.database}")
+    ensure_database(spark, settings.lake.database)
     return spark
+
+
+def ensure_database(spark: SparkSession, name: str) -> None:
+    """Create the database once. ``CREATE DATABASE IF NOT EXISTS`` on an existing one logs
+    "Namespace ... was created concurrently" on every run, so existence is checked first.
+
+    This is the session's first catalog access, which boots the metastore: when the embedded
+    Derby is held by another process, Hive retries and logs kilobytes of stack traces per try.
+    They are silenced here; the exception that follows carries the cause (``jobs.common`` turns it
+    into one line).
+    """
+    context = spark.sparkContext
+    context.setLogLevel("FATAL")
+    try:
+        if not spark.catalog.databaseExists(name):
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {name}")
+    finally:
+        context.setLogLevel("WARN")
 
 
 def write_spark_defaults(settings: Settings, path: Path) -> None:

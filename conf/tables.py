@@ -83,6 +83,13 @@ RAW_LOG_SCHEMA = T.StructType([
     T.StructField("tab", T.IntegerType(), True),
 ])
 LOG_REQUIRED = tuple(f.name for f in RAW_LOG_SCHEMA.fields if not f.nullable)
+# The log's ``date`` is the calendar day of ``time_ms`` in Beijing time (UTC+8), give or take: on
+# the bundled log 1,539 of 171,671 rows carry the next day while still up to 2.18 h before
+# midnight (99 % of them within 0.87 h); none trails. Rows farther than the tolerance from their
+# day are quarantined (``date_time_mismatch:date``): partitions and gates go by ``date``, features
+# by ``time_ms``, so such a row would sit in one day and act in another.
+LOG_DATE_UTC_OFFSET_HOURS = 8
+LOG_DATE_TOLERANCE_HOURS = 3
 
 USER_CATEGORICAL = (
     "user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",

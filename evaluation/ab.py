@@ -175,10 +175,13 @@ def run_ab(
     treatment: str,
     dates: str,
     config: ABConfig = ABConfig(),
+    slice_values: DataFrame | None = None,
 ) -> ABResult:
-    """Pair the arms, attach labels, collect (guarded) and compute the A/B table and curves."""
+    """Pair the arms, attach labels and the raw slice values (``evaluation.metrics.raw_slice_values``;
+    without them only the ``new_item`` slice exists), collect (guarded) and compute the A/B table
+    and curves."""
     paired, counts = pair_scores(control_scores, treatment_scores, tasks)
-    pdf = collect_paired(join_scores_with_labels(paired, examples, tasks), tasks, config.max_rows)
+    pdf = collect_paired(join_scores_with_labels(paired, examples, tasks, slice_values), tasks, config.max_rows)
     if pdf.empty:
         raise ABInputError(f"none of the {counts.matched_rows} matched candidates has labels in examples")
     counts = PairCounts(counts.control_rows, counts.treatment_rows, counts.matched_rows, len(pdf))

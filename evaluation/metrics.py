@@ -25,8 +25,15 @@ score and label are not null):
   labels are constant).
 
 Slices: ``all`` plus one value per ``tab``, per user activity degree and new-vs-returning item
-(``new_item=true``: the video has no impression in ``examples`` before the scored date). The slice
-column of the output reads ``all``, ``tab=3``, ``user_active_degree=2``, ``new_item=true``.
+(``new_item=true``: the video has no impression in ``examples`` before the scored date). Tab and
+activity degree are the raw values the user knows, from ``bronze_log`` and ``bronze_users``
+(:func:`raw_slice_values`), never the hashed buckets the model sees. The slice column of the
+output reads ``all``, ``tab=1``, ``user_active_degree=full_active``, ``new_item=true``.
+
+What the metrics cannot grade is counted (:func:`score_counts`, task ``all`` / per task, slice
+``all``): ``n_scored``, ``n_unlogged`` (candidates never shown: no label), ``n_without_examples``
+(an impression id with no ``examples`` row: the join drops it), ``n_invalid_scores`` (null or
+NaN scores of a task; the evaluate job refuses to grade a model that emits any).
 
 >>> float(auc_np(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.4, 0.8])))
 0.875
@@ -42,7 +49,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -53,8 +60,9 @@ LOGLOSS_EPS = 1e-7
 DEFAULT_SLICES = ("all", "tab", "user_active_degree", "new_item")
 # slice name -> column that join_scores_with_labels() adds; any other name is used as a column as is
 SLICE_COLUMNS = {"tab": "tab", "user_active_degree": "user_active_degree", "new_item": "new_item"}
-# examples column -> slice column in the joined frame
-EXAMPLE_SLICE_SOURCES = {"cat_tab": "tab", "cat_user_active_degree": "user_active_degree"}
+# slice columns taken from the raw (bronze) values, keyed by impression: raw_slice_values()
+RAW_SLICE_COLUMNS = ("tab", "user_active_degree")
+COUNT_TASK = "all"  # the task of the count rows that concern every task (n_scored, ...)
 BINARY_METRICS = ("auc", "gauc", "gauc_users_used", "gauc_users_skipped", "logloss", "calibration")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 MTL_TASK = "mtl"
@@ -78,21 +86,37 @@ def tasks_in_columns(columns: Iterable[str], known: Sequence[TaskField]) -> list
 # Spark: join and compute
 # =============================================================================================
 
-def join_scores_with_labels(scores_df: DataFrame, examples_df: DataFrame, tasks: Sequence[TaskField]) -> DataFrame:
-    """Attach labels, masks and slice columns from ``examples`` to scored candidates.
+def raw_slice_values(bronze_log: DataFrame, bronze_users: DataFrame | None = None) -> DataFrame:
+    """``impression_id``, ``tab`` and ``user_active_degree`` as the raw data has them (tab 1,
+    ``full_active``): what the slices of the metrics and the A/B report name."""
+    log = bronze_log.select("impression_id", "user_id", "tab")
+    if bronze_users is None:
+        return log.select("impression_id", "tab", F.lit(None).cast("string").alias("user_active_degree"))
+    users = bronze_users.select(F.col("user_id").alias("_u_user_id"), "user_active_degree")
+    return (log.join(users, F.col("user_id") == F.col("_u_user_id"), "left")
+            .select("impression_id", "tab", "user_active_degree"))
+
+
+def join_scores_with_labels(
+    scores_df: DataFrame,
+    examples_df: DataFrame,
+    tasks: Sequence[TaskField],
+    slice_values: DataFrame | None = None,
+) -> DataFrame:
+    """Attach labels, masks and slice columns to scored candidates.
 
     Inner join on ``impression_id``: candidates that were never shown (null impression id) have no
-    label and cannot be evaluated offline. Keeps every column of ``scores_df`` and adds
-    ``label_<task>``, ``mask_<task>``, ``tab`` (from ``cat_tab``), ``user_active_degree`` (from
-    ``cat_user_active_degree``) when examples has them, and ``new_item`` (boolean: the video has no
-    impression in ``examples`` before the scored ``date``).
+    label and cannot be evaluated offline (:func:`score_counts` counts them). Keeps every column of
+    ``scores_df`` and adds ``label_<task>``, ``mask_<task>``, the raw slice columns of
+    ``slice_values`` (:func:`raw_slice_values`; left join, so an impression without them keeps its
+    row with null slices) and ``new_item`` (boolean: the video has no impression in ``examples``
+    before the scored ``date``).
     """
     missing = [c for t in tasks for c in (t.column, t.mask_column) if c not in examples_df.columns]
     if missing:
         raise ValueError(f"examples lacks label columns {missing}")
     label_cols = [F.col(c) for t in tasks for c in (t.column, t.mask_column)]
-    slice_cols = [F.col(src).alias(dst) for src, dst in EXAMPLE_SLICE_SOURCES.items() if src in examples_df.columns]
-    labels = examples_df.select(F.col("impression_id").alias("_ex_impression_id"), *label_cols, *slice_cols)
+    labels = examples_df.select(F.col("impression_id").alias("_ex_impression_id"), *label_cols)
     first_seen = examples_df.groupBy(F.col("video_id").alias("_fs_video_id")).agg(
         F.min("date").alias("_first_seen_date")
     )
@@ -101,8 +125,43 @@ def join_scores_with_labels(scores_df: DataFrame, examples_df: DataFrame, tasks:
         .join(labels, F.col("impression_id") == F.col("_ex_impression_id"), "inner")
         .join(first_seen, F.col("video_id") == F.col("_fs_video_id"), "left")
     )
+    if slice_values is not None:
+        raw = slice_values.select(F.col("impression_id").alias("_sv_impression_id"),
+                                  *[c for c in RAW_SLICE_COLUMNS if c in slice_values.columns])
+        joined = joined.join(raw, F.col("impression_id") == F.col("_sv_impression_id"), "left").drop("_sv_impression_id")
     new_item = F.coalesce(~(F.col("_first_seen_date") < F.col("date")), F.lit(True))
     return joined.withColumn("new_item", new_item).drop("_ex_impression_id", "_fs_video_id", "_first_seen_date")
+
+
+def _invalid(score: Column) -> Column:
+    return score.isNull() | F.isnan(score.cast("double"))
+
+
+def score_counts(
+    scores_df: DataFrame, examples_df: DataFrame, tasks: Sequence[TaskField], group_by: Sequence[str] = ("date",)
+) -> DataFrame:
+    """What the metrics cannot grade, counted per ``group_by`` in the metrics' long format:
+    task ``all``: ``n_scored``, ``n_unlogged`` (null impression id), ``n_without_examples``
+    (impression id absent from ``examples``); per task: ``n_invalid_scores`` (null or NaN).
+    ``value`` and ``n`` both hold the count; slice ``all``. One Spark pass, a small local result."""
+    group_by = list(group_by)
+    known = examples_df.select(F.col("impression_id").alias("_ex_impression_id")).distinct()
+    logged = F.col("impression_id").isNotNull()
+    flagged = scores_df.join(known, F.col("impression_id") == F.col("_ex_impression_id"), "left")
+    sums = flagged.groupBy(*group_by).agg(
+        F.count(F.lit(1)).alias("n_scored"),
+        F.sum((~logged).cast("long")).alias("n_unlogged"),
+        F.sum((logged & F.col("_ex_impression_id").isNull()).cast("long")).alias("n_without_examples"),
+        *[F.sum(_invalid(F.col(score_column(t))).cast("long")).alias(f"_invalid_{t.name}") for t in tasks],
+    ).collect()
+    rows = []
+    for r in sums:
+        head = tuple(r[g] for g in group_by)
+        rows += [(*head, COUNT_TASK, m, "all", float(r[m]), int(r[m])) for m in ("n_scored", "n_unlogged", "n_without_examples")]
+        rows += [(*head, t.name, "n_invalid_scores", "all", float(r[f"_invalid_{t.name}"]), int(r[f"_invalid_{t.name}"]))
+                 for t in tasks]
+    schema = T.StructType([scores_df.schema[g] for g in group_by] + METRICS_SCHEMA.fields)
+    return scores_df.sparkSession.createDataFrame(rows, schema)
 
 
 def _slice_exprs(slices: Sequence[str]) -> list:

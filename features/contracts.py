@@ -13,6 +13,8 @@ Reasons (several per row are joined with ``;``):
 - ``not_binary:<col>``     a label outside {0, 1}
 - ``negative:<col>``       a time / duration below zero
 - ``bad_date:<col>``       a ``YYYYMMDD`` field that is not a calendar date
+- ``date_time_mismatch:<col>`` the day a ``YYYYMMDD`` field names is not the day of the row's time
+  (``conf.tables.LOG_DATE_UTC_OFFSET_HOURS``, give or take ``LOG_DATE_TOLERANCE_HOURS``)
 - ``malformed_row``        the CSV line had the wrong number of fields
 - ``duplicate_key:<cols>`` a second row for a key that must be unique (dimension tables)
 
@@ -30,8 +32,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from conf.tables import (
-    BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, LOG_BINARY_LABELS, LOG_NON_NEGATIVE,
-    QUARANTINE_SCHEMA, RAW_HISTORY_SCHEMA, RAW_LOG_SCHEMA, RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA,
+    BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, LOG_BINARY_LABELS, LOG_DATE_TOLERANCE_HOURS,
+    LOG_DATE_UTC_OFFSET_HOURS, LOG_NON_NEGATIVE, QUARANTINE_SCHEMA, RAW_HISTORY_SCHEMA, RAW_LOG_SCHEMA,
+    RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA,
 )
 
 # Bookkeeping columns the reader adds next to the raw string columns.
@@ -51,6 +54,7 @@ class Contract:
     non_negative: tuple[str, ...] = ()
     yyyymmdd: tuple[str, ...] = ()  # int columns holding a calendar date as YYYYMMDD
     unique_key: tuple[str, ...] = ()  # keep the first row (by source position) per key
+    date_of_time: tuple[str, str] | None = None  # (YYYYMMDD column, epoch-ms column) that must agree
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -61,7 +65,8 @@ class Contract:
         return tuple(f.name for f in self.schema.fields if not f.nullable)
 
 
-LOG_CONTRACT = Contract(BRONZE_LOG.name, RAW_LOG_SCHEMA, LOG_BINARY_LABELS, LOG_NON_NEGATIVE, ("date",))
+LOG_CONTRACT = Contract(BRONZE_LOG.name, RAW_LOG_SCHEMA, LOG_BINARY_LABELS, LOG_NON_NEGATIVE, ("date",),
+                        date_of_time=("date", "time_ms"))
 USER_CONTRACT = Contract(BRONZE_USERS.name, RAW_USER_SCHEMA, unique_key=("user_id",))
 VIDEO_CONTRACT = Contract(BRONZE_VIDEOS.name, RAW_VIDEO_SCHEMA, unique_key=("video_id",))
 HISTORY_CONTRACT = Contract(
@@ -121,8 +126,30 @@ def _reasons(contract: Contract, raw: dict[str, Column], has_corrupt: bool) -> C
     for name in contract.yyyymmdd:
         checks.append(F.when(checked[name].isNotNull() & yyyymmdd_to_date(checked[name]).isNull(),
                              F.lit(f"bad_date:{name}")))
+    if contract.date_of_time:
+        date_col, time_col = contract.date_of_time
+        hours = hours_from_local_day(yyyymmdd_to_date(checked[date_col]), checked[time_col])
+        lo, hi = local_day_bounds_hours()
+        checks.append(F.when((checked[time_col] >= 0) & ((hours < lo) | (hours >= hi)),  # negative: already named
+                             F.lit(f"date_time_mismatch:{date_col}")))
     # concat_ws skips nulls: an empty string means the row passed every check
     return F.concat_ws(";", *checks)
+
+
+def local_day_bounds_hours() -> tuple[float, float]:
+    """Hours from the start of a log row's local day within which its ``time_ms`` must fall:
+    the day itself, widened by the tolerance on both sides.
+
+    >>> local_day_bounds_hours()
+    (-3.0, 27.0)
+    """
+    return -float(LOG_DATE_TOLERANCE_HOURS), 24.0 + LOG_DATE_TOLERANCE_HOURS
+
+
+def hours_from_local_day(day: Column, time_ms: Column) -> Column:
+    """Hours from the start of ``day`` (in the log's UTC+8 time) to ``time_ms``; session time zone free."""
+    local_ms = time_ms + F.lit(LOG_DATE_UTC_OFFSET_HOURS * 3_600_000)
+    return (local_ms - F.unix_date(day).cast("long") * F.lit(86_400_000)) / F.lit(3_600_000.0)
 
 
 def yyyymmdd_to_date(col: Column) -> Column:
@@ -246,6 +273,8 @@ INGEST_AUDIT_SCHEMA = T.StructType([
     T.StructField("rows_quarantined", T.LongType(), False),
     T.StructField("reconciled", T.BooleanType(), False),
     T.StructField("ingested_at", T.TimestampType(), False),
+    # raw columns outside the contract, not landed anywhere (comma list; null: none)
+    T.StructField("ignored_columns", T.StringType(), True),
 ])
 
 

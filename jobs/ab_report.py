@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from jobs.common import JobError, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
-from jobs.evaluate import known_tasks, read_model_scores
+from jobs.evaluate import known_tasks, read_model_scores, read_slice_values
 
 log = logging.getLogger("infnet.ab_report")
 
@@ -86,7 +86,8 @@ def body(spark, settings, args) -> None:
     label = dates_label(args.dates)
     try:
         result = run_ab(control_scores, treatment_scores, read_table(spark, settings, EXAMPLES), tasks,
-                        str(args.control), str(args.treatment), label, config)
+                        str(args.control), str(args.treatment), label, config,
+                        slice_values=read_slice_values(spark, settings))
     except ABInputError as err:
         raise JobError(f"cannot compare {args.control} with {args.treatment} on {label}: {err}") from None
 

@@ -16,7 +16,7 @@ JOBS = {
     "score": "score candidates with a model inside a pandas UDF into the scores table",
     "evaluate": "AUC / gAUC / LogLoss per task into the metrics table",
     "ab_report": "compare two models on the same candidates (paired bootstrap) into ab_reports + HTML",
-    "sql": "run a SQL query against the lake's catalog and print the result",
+    "sql": "run a SQL query against the lake's catalog and print the result (read-only unless --allow-writes)",
     "demo": "run the whole pipeline end to end on the bundled KuaiRand data",
 }
 

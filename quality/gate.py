@@ -17,7 +17,10 @@ The failure message names the table, partition, expectation and a few offending 
 
     quality gate FAILED for examples partition 2022-05-01 (run ...): 1 critical expectation(s) failed
       - expect_column_values_to_be_between(seq_click_gap__min) [critical]: 2 of 1000 rows
-        unexpected (0.2%), e.g. [-1.0, -0.5] -- seq_click_gap >= 0 and not null/NaN (a negative gap ...
+        unexpected (0.2%), e.g. [0.0, -1.0] -- seq_click_gap > 0 and not null/NaN (a gap of 0 is ...
+
+Positive-rate bands are sized to the partition's row count before validation (binomial
+intervals, ``quality.suites.sized_for``).
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from pyspark.sql import types as T
 from conf.lake import qualified_name, read_table, table_exists, write_table
 from conf.settings import Settings
 from conf.tables import ALL_TABLES, QUALITY_RESULTS, TableDef
-from quality.suites import CRITICAL, WARNING, TableSuite, row_count_expectation
+from quality.suites import CRITICAL, WARNING, TableSuite, row_count_expectation, sized_for
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -420,6 +423,7 @@ def run_gate(
     try:
         prepared = suite.prepare(df).cache()
         row_count = prepared.count()
+        suite = sized_for(suite, row_count)  # positive-rate bands follow the partition's size
         clock.lap("prepare")
         outcomes = validate(prepared, suite, row_count)
         clock.lap("validate")

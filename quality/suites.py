@@ -39,28 +39,34 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from conf.tables import BRONZE_LOG, EXAMPLES, LOG_BINARY_LABELS, LOG_NON_NEGATIVE, LOG_REQUIRED, RAW_LOG_SCHEMA
+from features.contracts import hours_from_local_day, local_day_bounds_hours
 from features.spec import FeatureSpec
 
 CRITICAL = "critical"
 WARNING = "warning"
 SEVERITIES = (CRITICAL, WARNING)
 
-# Sane bands for label positive rates, keyed by task name. The bundled KuaiRand days sit at
+# Sane bands for label positive *rates*, keyed by task name. The bundled KuaiRand days sit at
 # click 42-46 %, long_view 29-32 %, like 1.5-2.1 %; the bands are several times wider than the
-# day-to-day spread and still catch an all-zero or all-one label (a broken join or feed).
+# day-to-day spread. A partition is judged by its positive *count*: the gate widens a band to the
+# counts a partition of its size can honestly show when the true rate lies inside it (binomial,
+# RATE_BAND_TAIL per side, :func:`binomial_band`). 33 rows at a 1.7 % like rate expect 0.6 likes,
+# so none is fine there, while a 17,000-row day with no like (or no click at 60 rows) still fails.
 POSITIVE_RATE_BANDS: dict[str, tuple[float, float]] = {
     "click": (0.15, 0.80),
     "long_view": (0.08, 0.65),
     "like": (0.002, 0.10),
 }
+RATE_BAND_TAIL = 1e-4  # chance that a partition whose rate is at the band's edge fails anyway
 # The bronze column holding each task's label.
 BRONZE_LABEL_OF_TASK: dict[str, str] = {"click": "is_click", "long_view": "long_view", "like": "is_like"}
 
 TAB_DOMAIN = (0, 15)  # KuaiRand tabs seen: 0..14; one spare value before calling it corrupt
 HOURMIN_DOMAIN = (0, 2359)
-# time_ms must fall near its date partition (UTC midnight); KuaiRand days span -10 h .. +16 h
-# because the source dates are Beijing days. Farther away means a mis-partitioned or future event.
-TIME_MS_HOURS_FROM_DATE = (-24.0, 48.0)
+# time_ms must fall in its date partition's day (the log's Beijing days), give or take the ingest
+# contract's tolerance (conf.tables.LOG_DATE_TOLERANCE_HOURS): ingest quarantines the rest, so a
+# failure here means bronze_log was written some other way (mis-partitioned or future events).
+TIME_MS_HOURS_FROM_DATE = local_day_bounds_hours()
 
 
 @dataclass(frozen=True)
@@ -153,11 +159,10 @@ def prepare_for_validation(df: DataFrame, spec: FeatureSpec) -> DataFrame:
 
 
 def _bronze_prepare(df: DataFrame) -> DataFrame:
-    """Hours between ``time_ms`` and its ``date`` partition's UTC midnight."""
+    """Hours from the start of the ``date`` partition's day (UTC+8, the log's days) to ``time_ms``."""
     if not {"time_ms", "date"} <= set(df.columns):
         return df
-    midnight_ms = F.unix_timestamp(F.col("date").cast("timestamp")) * F.lit(1000)
-    return df.withColumn(derived("time_ms", "hours_from_date"), (F.col("time_ms") - midnight_ms) / F.lit(3_600_000.0))
+    return df.withColumn(derived("time_ms", "hours_from_date"), hours_from_local_day(F.col("date"), F.col("time_ms")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,13 +178,36 @@ def _key_expectations(keys: tuple[str, ...]) -> list[gxe.Expectation]:
     )]
 
 
+def binomial_band(n: int, rate_lo: float, rate_hi: float, tail: float = RATE_BAND_TAIL) -> tuple[float, float]:
+    """The positive rates (count / n) that ``n`` rows can show, each tail below ``tail``, when the
+    true rate lies in ``[rate_lo, rate_hi]``: from the ``tail`` quantile of Binomial(n, rate_lo) to
+    the ``1 - tail`` quantile of Binomial(n, rate_hi).
+
+    >>> binomial_band(33, 0.002, 0.10)  # 0 to 11 likes of 33
+    (0.0, 0.3333333333333333)
+    """
+    from scipy.stats import binom
+
+    return float(binom.ppf(tail, n, rate_lo)) / n, float(binom.ppf(1 - tail, n, rate_hi)) / n
+
+
+def _rate_check(column: str, lo: float, hi: float, n: int | None = None) -> str:
+    if n is None:
+        return f"positive rate of {column} within [{lo}, {hi}]"
+    band_lo, band_hi = binomial_band(n, lo, hi)
+    return (f"positive rate of {column} within [{band_lo:.4g}, {band_hi:.4g}]: the counts a rate in [{lo}, {hi}] "
+            f"gives at {n} rows (binomial, {RATE_BAND_TAIL:g} per side)")
+
+
 def _rate_band(column: str, task: str, severity_known: str = CRITICAL) -> gxe.Expectation:
     if task in POSITIVE_RATE_BANDS:
         lo, hi = POSITIVE_RATE_BANDS[task]
-        return expectation(
-            gxe.ExpectColumnMeanToBeBetween, severity_known, f"positive rate of {column} within [{lo}, {hi}]",
+        exp = expectation(
+            gxe.ExpectColumnMeanToBeBetween, severity_known, _rate_check(column, lo, hi),
             column=column, min_value=lo, max_value=hi,
         )
+        exp.meta["rate_band"] = [lo, hi]  # sized to the partition by sized_for() once its rows are counted
+        return exp
     return expectation(
         gxe.ExpectColumnMeanToBeBetween, WARNING, f"{column} is neither all-zero nor all-one",
         column=column, min_value=0.0, max_value=1.0, strict_min=True, strict_max=True,
@@ -207,7 +235,8 @@ def bronze_log_suite() -> TableSuite:
     exps += [
         expectation(
             gxe.ExpectColumnValuesToBeBetween, CRITICAL,
-            f"time_ms within [{lo:+.0f} h, {hi:+.0f} h] of its date partition (no mis-dated or future events)",
+            f"time_ms within [{lo:+.0f} h, {hi:+.0f} h] of the start of its date partition's day (UTC+8; "
+            "no mis-dated or future events)",
             column=derived("time_ms", "hours_from_date"), min_value=lo, max_value=hi, meta_column="time_ms",
         ),
         expectation(
@@ -266,8 +295,8 @@ def examples_suite(spec: FeatureSpec) -> TableSuite:
             ),
             expectation(
                 gxe.ExpectColumnValuesToBeBetween, CRITICAL,
-                f"{gap} >= 0 and not null/NaN (a negative gap is an event at/after the impression: leaked sequence)",
-                column=derived(gap, "min"), min_value=0, meta_column=gap,
+                f"{gap} > 0 and not null/NaN (a gap of 0 is an event at/after the impression: leaked sequence)",
+                column=derived(gap, "min"), min_value=0, strict_min=True, meta_column=gap,
             ),
             expectation(
                 gxe.ExpectColumnMeanToBeBetween, WARNING, f"{s.column} is not empty on every row",
@@ -297,6 +326,24 @@ def examples_suite(spec: FeatureSpec) -> TableSuite:
                 ),
             ]
     return TableSuite(f"examples@{spec.fingerprint()}", EXAMPLES.name, tuple(exps), partial(prepare_for_validation, spec=spec))
+
+
+def sized_for(suite: TableSuite, n: int) -> TableSuite:
+    """``suite`` with every positive-rate band turned into the binomial band of ``n`` rows
+    (:func:`binomial_band`); every other expectation is kept as it is."""
+    if n <= 0:
+        return suite
+    exps = []
+    for e in suite.expectations:
+        band = e.meta.get("rate_band")
+        if band is None:
+            exps.append(e)
+            continue
+        lo, hi = binomial_band(n, *band)
+        sized = gxe.ExpectColumnMeanToBeBetween(column=e.column, min_value=lo, max_value=hi)
+        sized.meta = {**e.meta, "check": _rate_check(e.column, *band, n=n)}
+        exps.append(sized)
+    return TableSuite(suite.name, suite.table_name, tuple(exps), suite.prepare)
 
 
 def row_count_expectation(previous_count: int, band: float, previous_partition: str) -> gxe.Expectation:

@@ -151,9 +151,11 @@ def test_champion_and_challenger_are_params_with_model_defaults(daily):
 def test_a_model_reference_param_rejects_garbage(daily):
     from airflow.sdk import Param
 
+    from airflow.sdk.exceptions import ParamValidationError
+
     spec = daily.params.get_param("challenger")
-    Param(spec.value, **spec.schema).resolve("infnet@20220504")
-    with pytest.raises(Exception):
+    assert Param(spec.value, **spec.schema).resolve("infnet@20220504") == "infnet@20220504"
+    with pytest.raises(ParamValidationError, match=r"'infnet; rm -rf /' does not match"):
         Param(spec.value, **spec.schema).resolve("infnet; rm -rf /")
 
 
@@ -491,3 +493,11 @@ def test_dag_test_runs_the_pipeline_on_the_demo_data(dagbag, tmp_path, monkeypat
     assert result.returncode == 0, result.stderr[-4000:]
     assert "infnet" in result.stdout and "mmoe" in result.stdout, result.stdout
     assert list((lake / "reports" / "ab").glob("*/summary.md"))
+
+
+def test_docstring_examples_run():
+    """The DAG helpers' ``>>>`` examples (the main suite's tests/test_doctests.py cannot import Airflow)."""
+    import doctest
+
+    result = doctest.testmod(common)
+    assert result.attempted > 0 and result.failed == 0

@@ -172,3 +172,28 @@ def test_ab_report_job_writes_table_and_files(spark, settings, capsys):
         assert missing == 2 and "no scores for model abctl@1 on 2022-06-03" in capsys.readouterr().err
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+
+
+def test_the_report_slices_by_the_raw_values(spark):
+    """The per-slice rows (and the report's per-slice plot) used to read ``tab=98``,
+    ``user_active_degree=778``: the hashed buckets of examples. They name raw values now."""
+    from evaluation.ab import run_ab
+    from evaluation.metrics import raw_slice_values
+
+    task = TaskField("click")
+    pdf = paired_frame(seed=3, n_users=40, per_user=6)
+    pdf["impression_id"] = [f"raw-{i}" for i in range(len(pdf))]
+    day = dt.date(2022, 6, 5)
+    arm = lambda col: spark.createDataFrame(pdf[["request_id", "video_id", "impression_id", "user_id"]].assign(  # noqa: E731
+        date=day, score_click=pdf[col]))
+    examples = spark.createDataFrame(pdf[["impression_id", "video_id"]].assign(
+        date=day, label_click=pdf["label_click"].astype("int64"), mask_click=1, cat_tab=pdf["tab"] + 97))
+    log = spark.createDataFrame(pdf[["impression_id", "user_id"]].assign(tab=pdf["tab"].astype("int32")))
+    users = spark.createDataFrame(pd.DataFrame({"user_id": range(40), "user_active_degree": ["full_active", "UNKNOWN"] * 20}))
+    config = ABConfig(n_boot=20, seed=1, ks=(3,), slices=("tab", "user_active_degree"))
+    result = run_ab(arm("score_click_a"), arm("score_click_b"), examples, [task], "a@1", "b@1", "2022-06-05", config,
+                    slice_values=raw_slice_values(log, users))
+    slices = set(result.table.loc[result.table["slice"] != "all", "slice"])
+    assert slices == {"tab=0", "tab=1", "user_active_degree=full_active", "user_active_degree=UNKNOWN"}
+    per_slice = result.table.set_index("slice").loc["user_active_degree=full_active"]
+    assert per_slice["n"] == 20 * 6 and per_slice["n_users"] == 20

@@ -23,6 +23,8 @@ BAD = {
     "negative:time_ms": _row(time_ms="-5"),
     "bad_date:date": _row(date="20221345"),
     "unparseable:play_time_ms": _row(play_time_ms="1.5e"),
+    # GOOD happened at 2022-04-24 23:05 Beijing time: a day stamped 04-26 is 24.9 h off
+    "date_time_mismatch:date": _row(date="20220426"),
 }
 
 
@@ -81,3 +83,26 @@ def test_parquet_arrays_round_trip_through_strings(spark):
     valid, quarantine = split_valid(as_strings(typed), HISTORY_CONTRACT)
     assert [(r["user_id"], r["watch_seq"], r["long_watch_seq"]) for r in valid.collect()] == [(1, [5, 6], None)]
     assert quarantine.first()["reason"] == "negative:history_len"
+
+
+BEIJING_MIDNIGHT_0425 = 1_650_816_000_000  # 2022-04-25 00:00 UTC+8 = 2022-04-24 16:00 UTC
+HOUR = 3_600_000
+
+
+def test_date_may_lead_or_trail_time_ms_by_three_hours_not_more(spark):
+    """``date`` is the Beijing (UTC+8) day of ``time_ms``; the real log stamps events up to 2.2 h
+    before midnight with the next day, so 3 h either side of the day pass and the rest is quarantined."""
+    cases = {  # time_ms -> quarantined? for rows dated 2022-04-25
+        BEIJING_MIDNIGHT_0425 - 3 * HOUR: False,
+        BEIJING_MIDNIGHT_0425 - 3 * HOUR - 1: True,
+        BEIJING_MIDNIGHT_0425 + 12 * HOUR: False,
+        BEIJING_MIDNIGHT_0425 + 27 * HOUR - 1: False,
+        BEIJING_MIDNIGHT_0425 + 27 * HOUR: True,
+        BEIJING_MIDNIGHT_0425 - 24 * HOUR: True,  # the day before: lands in the wrong partition
+    }
+    rows = [_row(date="20220425", time_ms=str(t)) for t in cases]
+    valid, quarantine = split_valid(_strings(spark, rows), LOG_CONTRACT)
+    assert sorted(r["time_ms"] for r in valid.collect()) == sorted(t for t, bad in cases.items() if not bad)
+    bad = quarantine.collect()
+    assert sorted(int(r["raw"].split('"time_ms":"')[1].split('"')[0]) for r in bad) == sorted(t for t, b in cases.items() if b)
+    assert {r["reason"] for r in bad} == {"date_time_mismatch:date"}

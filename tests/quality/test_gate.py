@@ -284,3 +284,65 @@ def test_fail_on_warning_makes_warnings_blocking():
     assert not strict.passed and "warning(s) failed" in failure_message(strict)
     broken = replace(base, outcomes=(ExpectationOutcome("x", "", WARNING, ERROR, error="boom"),))
     assert not broken.passed and "could not evaluate: boom" in failure_message(broken)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a leak really produces; rate bands sized to the partition; a quiet gate job
+# ---------------------------------------------------------------------------------------------
+
+def test_a_leaked_event_stops_the_gate(spark, qsettings):
+    """The sequence builder turns an event at or after the impression into gap log1p(0) = 0 (it
+    clamps negative gaps), so "gap >= 0" could never see a leak: the gate must refuse 0 itself."""
+    from pyspark.sql import functions as F
+
+    from features.sequences import gap
+
+    day = "2030-01-04"
+    t = _midnight_ms(day) + 3_600_000
+    leaked = spark.range(1).select(
+        gap(F.lit(t), F.lit(t + 5_000)).alias("after"),  # an event 5 s after the impression
+        gap(F.lit(t), F.lit(t)).alias("same_ms"),  # the impression itself
+        gap(F.lit(t), F.lit(t - 1)).alias("one_ms_before"),  # honest: strictly before
+    ).first()
+    assert leaked.one_ms_before > 0  # the closest honest event still has a positive gap
+    rows = example_rows(day)
+    rows[4]["seq_like"], rows[4]["seq_like_gap"] = [5, 6], [leaked.after, 1.0]
+    rows[7]["seq_click"], rows[7]["seq_click_gap"] = [8], [leaked.same_ms]
+    rows[9]["seq_long_view"], rows[9]["seq_long_view_gap"] = [9], [leaked.one_ms_before]
+    failed = _gate_failure(spark, qsettings, "examples", examples_df(spark, rows), day, examples_suite(SPEC))
+    got = {o.expectation: list(o.sample_values) for o in failed.result.failed_critical}
+    assert got == {
+        "expect_column_values_to_be_between(seq_like_gap__min)": [0.0],
+        "expect_column_values_to_be_between(seq_click_gap__min)": [0.0],
+    }
+    assert "leaked sequence" in str(failed)
+
+
+def test_a_small_honest_partition_passes_the_like_rate(spark, qsettings):
+    """33 rows at the real like rate (1.7 %) expect 0.6 likes: none is an honest outcome."""
+    day = "2029-05-01"  # no earlier stored partition: no row-count band
+    rows = bronze_rows(day, 33)
+    for r in rows:
+        r["is_like"] = 0
+    result = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, rows), day, bronze_log_suite(), write_docs=False)
+    assert result.passed, failure_message(result)
+    like = next(o for o in result.outcomes if o.expectation == "expect_column_mean_to_be_between(is_like)")
+    assert like.status == PASSED and "at 33 rows" in like.check
+
+
+def test_the_gate_job_prints_no_library_chatter(spark, qsettings, caplog, capsys):
+    """great-expectations logged ~150 INFO lines per run, one of them a stray ``[]``."""
+    import logging
+
+    from jobs.common import run_job
+    from jobs.quality_gate import body, build_parser
+
+    day = "2029-06-01"
+    write_table(bronze_df(spark, bronze_rows(day)), qsettings, BRONZE_LOG, {"date": day})
+    caplog.set_level(logging.INFO)
+    rc = run_job(build_parser(), lambda s, _, args: body(s, qsettings, args),
+                 ["--lake", qsettings.lake.root, "--table", "bronze_log", "--date", day])
+    assert rc == 0, capsys.readouterr().err
+    chatter = [r for r in caplog.records if r.name.startswith("great_expectations") and r.levelno < logging.WARNING]
+    assert chatter == [] and not any(r.getMessage().strip().endswith("[]") for r in caplog.records)
+    assert any("PASSED" in r.getMessage() for r in caplog.records if r.name == "infnet.quality_gate")
