@@ -7,6 +7,7 @@ registers the table in the catalog (``<database>.<name>``) for SQL.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -106,3 +107,20 @@ def read_table(
 def current_version(spark: SparkSession, settings: Settings, table: TableDef) -> int:
     history = DeltaTable.forPath(spark, settings.lake.table_path(table.name)).history(1)
     return int(history.select("version").first()[0])
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write a text file to a local path or any Hadoop filesystem URI (like the lake itself)."""
+    if "://" not in uri or uri.startswith("file:"):
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop FS is only reachable through the JVM
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+    stream = fs.create(hadoop_path, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()

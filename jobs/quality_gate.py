@@ -46,7 +46,8 @@ def body(spark, settings, args) -> None:
 
     from conf.lake import read_table
     from conf.tables import BRONZE_LOG, EXAMPLES
-    from quality.gate import QualityGateFailed, run_gate
+    from quality.gate import run_gate
+    from quality.results import QualityGateFailed
 
     table = {"examples": EXAMPLES, "bronze_log": BRONZE_LOG}[args.table]
     suite = suite_for(spark, settings, args.table, args.spec_version)
@@ -56,7 +57,7 @@ def body(spark, settings, args) -> None:
             producer = "ingest" if args.table == "bronze_log" else "build_features"
             raise JobError(f"{table.name} has no rows for {date}: run `infnet {producer} --date {date}` first")
         try:
-            result = run_gate(spark, settings, table.name, partition, date, suite)
+            result = run_gate(spark, settings, table, partition, date, suite)
         except QualityGateFailed as failed:
             raise JobError(str(failed)) from None
         log.info("%s; report %s", result.summary(), result.docs_path)

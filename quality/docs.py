@@ -17,18 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from conf.lake import read_table, table_exists
+from conf.lake import read_table, table_exists, write_text
 from conf.settings import Settings
 from conf.tables import QUALITY_RESULTS
-
-if TYPE_CHECKING:
-    from quality.gate import GateResult
+from quality.results import ERROR, FAILED, PASSED, ExpectationOutcome, GateResult
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222}
@@ -55,7 +52,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else html.escape(str(value))
 
 
-def render_run_page(result: "GateResult") -> str:
+def render_run_page(result: GateResult) -> str:
     """Every expectation of one run: status, severity, column, check, counts, offending values."""
     verdict = "PASSED" if result.passed else "FAILED"
     previous = (
@@ -128,24 +125,7 @@ def latest_runs(spark: SparkSession, settings: Settings) -> list[dict]:
     return [r.asDict() for r in summary.collect()]
 
 
-def write_text(spark: SparkSession, uri: str, text: str) -> None:
-    """Write a text file to a local path or any Hadoop filesystem URI (like the lake itself)."""
-    if "://" not in uri or uri.startswith("file:"):
-        path = Path(uri.removeprefix("file://").removeprefix("file:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return
-    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop FS is only reachable through the JVM
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
-    stream = fs.create(hadoop_path, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-
-
-def write_data_docs(spark: SparkSession, settings: Settings, result: "GateResult") -> str:
+def write_data_docs(spark: SparkSession, settings: Settings, result: GateResult) -> str:
     """Write the run's page and refresh the index; returns the page's location."""
     root = settings.lake.data_docs.rstrip("/")
     page = f"{root}/{run_page_relpath(result.table_name, result.partition, result.run_id)}"
@@ -154,10 +134,8 @@ def write_data_docs(spark: SparkSession, settings: Settings, result: "GateResult
     return page
 
 
-def _example_result() -> "GateResult":
+def _example_result() -> GateResult:
     """A tiny hand-made result for the doctest."""
-    from quality.gate import ERROR, FAILED, PASSED, ExpectationOutcome, GateResult
-
     return GateResult(
         run_id="r1", table_name="bronze_log", partition="2022-05-01", suite="bronze_log",
         evaluated_at=dt.datetime(2022, 5, 2), row_count=3, outcomes=(

@@ -16,21 +16,11 @@ import great_expectations.expectations as gxe
 import pytest
 
 from conf.lake import read_table, write_table
-from conf.tables import BRONZE_LOG, QUALITY_RESULTS, RAW_LOG_SCHEMA
+from conf.tables import BRONZE_LOG, EXAMPLES, QUALITY_RESULTS, RAW_LOG_SCHEMA
 from features.spec import demo_spec
-from quality.gate import (
-    CRITICAL,
-    ERROR,
-    FAILED,
-    PASSED,
-    ExpectationOutcome,
-    GateResult,
-    QualityGateFailed,
-    failure_message,
-    previous_partition_count,
-    run_gate,
-)
-from quality.suites import WARNING, bronze_log_suite, examples_suite, expectation
+from quality.gate import previous_partition_count, run_gate
+from quality.results import ERROR, FAILED, PASSED, ExpectationOutcome, GateResult, QualityGateFailed, failure_message
+from quality.suites import CRITICAL, WARNING, bronze_log_suite, examples_suite, expectation
 
 SPEC = demo_spec(seq_len=8)
 
@@ -124,7 +114,7 @@ def _gate_failure(spark, qsettings, table, df, day, suite) -> QualityGateFailed:
 
 def test_clean_bronze_passes_with_row_count_band(spark, qsettings):
     write_table(bronze_df(spark, bronze_rows("2031-01-01", 50)), qsettings, BRONZE_LOG, {"date": "2031-01-01"})
-    result = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, bronze_rows("2031-01-02")), "2031-01-02",
+    result = run_gate(spark, qsettings, BRONZE_LOG, bronze_df(spark, bronze_rows("2031-01-02")), "2031-01-02",
                       bronze_log_suite(), write_docs=False)
     assert result.passed, failure_message(result)
     assert all(o.status == PASSED for o in result.outcomes), [o.describe() for o in result.outcomes if not o.success]
@@ -141,7 +131,7 @@ def test_bronze_faults_are_each_caught_by_name(spark, qsettings):
     rows[2]["is_like"] = 2
     rows[3]["play_time_ms"] = -5
     rows[4]["time_ms"] = _midnight_ms(day) + 5 * 86_400_000  # five days in the future
-    failed = _gate_failure(spark, qsettings, "bronze_log", bronze_df(spark, rows), day, bronze_log_suite())
+    failed = _gate_failure(spark, qsettings, BRONZE_LOG, bronze_df(spark, rows), day, bronze_log_suite())
     names = {o.expectation for o in failed.result.failed_critical}
     assert names == {
         "expect_column_values_to_not_be_null(video_id)",
@@ -159,10 +149,10 @@ def test_bronze_faults_are_each_caught_by_name(spark, qsettings):
 
 def test_warning_continues_and_rerun_replaces_results_and_docs(spark, qsettings):
     day = "2030-07-01"
-    first = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, bronze_rows(day)), day, bronze_log_suite())
+    first = run_gate(spark, qsettings, BRONZE_LOG, bronze_df(spark, bronze_rows(day)), day, bronze_log_suite())
     rows = bronze_rows(day)
     rows[5]["tab"] = 99  # an unknown tab is a warning, not a stop
-    second = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, rows), day, bronze_log_suite())
+    second = run_gate(spark, qsettings, BRONZE_LOG, bronze_df(spark, rows), day, bronze_log_suite())
     assert second.passed and not second.failed_critical
     assert [o.expectation for o in second.failed_warnings] == ["expect_column_values_to_be_between(tab)"]
     assert second.failed_warnings[0].sample_values == (99,)
@@ -190,7 +180,7 @@ def test_job_fails_on_duplicated_partition(spark, qsettings):
     clean = bronze_df(spark, bronze_rows("2031-02-02"))
     write_table(bronze_df(spark, bronze_rows("2031-02-01")), qsettings, BRONZE_LOG, {"date": "2031-02-01"})
     write_table(clean.unionByName(clean), qsettings, BRONZE_LOG, {"date": "2031-02-02"})  # appended twice
-    assert previous_partition_count(spark, qsettings, "bronze_log", "2031-02-02") == ("2031-02-01", 60)
+    assert previous_partition_count(spark, qsettings, BRONZE_LOG, "2031-02-02") == ("2031-02-01", 60)
 
     args = argparse.Namespace(table="bronze_log", dates=["2031-02-02"], spec_version=None)
     with pytest.raises(JobError) as info:
@@ -210,7 +200,7 @@ def test_job_fails_on_duplicated_partition(spark, qsettings):
 
 def test_clean_examples_pass(spark, qsettings):
     day = "2030-01-01"
-    result = run_gate(spark, qsettings, "examples", examples_df(spark, example_rows(day)), day, examples_suite(SPEC),
+    result = run_gate(spark, qsettings, EXAMPLES, examples_df(spark, example_rows(day)), day, examples_suite(SPEC),
                       write_docs=False)
     assert result.passed
     assert all(o.status == PASSED for o in result.outcomes), [o.describe() for o in result.outcomes if not o.success]
@@ -230,7 +220,7 @@ def test_examples_faults_are_each_caught_by_name(spark, qsettings):
     rows[8]["seq_click"], rows[8]["seq_click_gap"] = [5, 6], [1.0]  # gaps out of step with items
     rows[9]["label_play_time"] = float("nan")
     rows[10]["seq_click"], rows[10]["seq_click_gap"] = [60], [1.0]  # item outside the hashed vocab
-    failed = _gate_failure(spark, qsettings, "examples", examples_df(spark, rows), day, examples_suite(SPEC))
+    failed = _gate_failure(spark, qsettings, EXAMPLES, examples_df(spark, rows), day, examples_suite(SPEC))
     expected = {
         "expect_column_values_to_not_be_null(user_id)": [None],
         "expect_column_values_to_be_in_set(label_click)": [2],
@@ -257,7 +247,7 @@ def test_unevaluable_expectations_fail_the_gate(spark, qsettings):
     suite = examples_suite(SPEC).with_expectations(
         expectation(gxe.ExpectColumnValuesToNotBeNull, WARNING, "typo in a suite", column="no_such_column")
     )
-    failed = _gate_failure(spark, qsettings, "examples", df, day, suite)
+    failed = _gate_failure(spark, qsettings, EXAMPLES, df, day, suite)
     errors = {o.expectation for o in failed.result.errors}
     assert {
         "expect_column_values_to_not_be_null(no_such_column)",  # even a warning that cannot run fails the gate
@@ -309,7 +299,7 @@ def test_a_leaked_event_stops_the_gate(spark, qsettings):
     rows[4]["seq_like"], rows[4]["seq_like_gap"] = [5, 6], [leaked.after, 1.0]
     rows[7]["seq_click"], rows[7]["seq_click_gap"] = [8], [leaked.same_ms]
     rows[9]["seq_long_view"], rows[9]["seq_long_view_gap"] = [9], [leaked.one_ms_before]
-    failed = _gate_failure(spark, qsettings, "examples", examples_df(spark, rows), day, examples_suite(SPEC))
+    failed = _gate_failure(spark, qsettings, EXAMPLES, examples_df(spark, rows), day, examples_suite(SPEC))
     got = {o.expectation: list(o.sample_values) for o in failed.result.failed_critical}
     assert got == {
         "expect_column_values_to_be_between(seq_like_gap__min)": [0.0],
@@ -324,7 +314,7 @@ def test_a_small_honest_partition_passes_the_like_rate(spark, qsettings):
     rows = bronze_rows(day, 33)
     for r in rows:
         r["is_like"] = 0
-    result = run_gate(spark, qsettings, "bronze_log", bronze_df(spark, rows), day, bronze_log_suite(), write_docs=False)
+    result = run_gate(spark, qsettings, BRONZE_LOG, bronze_df(spark, rows), day, bronze_log_suite(), write_docs=False)
     assert result.passed, failure_message(result)
     like = next(o for o in result.outcomes if o.expectation == "expect_column_mean_to_be_between(is_like)")
     assert like.status == PASSED and "at 33 rows" in like.check
