@@ -137,7 +137,7 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
         import lightgbm as lgb
     except ImportError:
         return ArmResult("lightgbm", note="lightgbm is not installed")
-    from evaluation.metrics import auc_np, gauc_np
+    from model.metrics import auc_np, gauc_np
 
     x, names = {}, None
     for s in ("train", "valid", "test"):

@@ -2,8 +2,8 @@
 
 The Spark version (:func:`compute_metrics`) aggregates on the executors and only brings the small
 per-(task, slice) aggregates to the driver. The numpy twin (:func:`auc_np`, :func:`gauc_np`, ...)
-is what the paired bootstrap (``evaluation.ab``) and the tests use; the tests hold both to 1e-9 and
-to scikit-learn.
+lives in :mod:`model.metrics` (no Spark, so training reads it too) and is what the paired bootstrap
+(``evaluation.ab``) and the tests use; the tests hold both to 1e-9 and to scikit-learn.
 
 Definitions (every metric is computed on a task's rows whose ``mask_<task>`` is set and whose
 score and label are not null):
@@ -44,7 +44,6 @@ NaN scores of a task; the evaluate job refuses to grade a model that emits any).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -55,8 +54,18 @@ from pyspark.sql import types as T
 
 from conf.tables import score_column  # noqa: F401 - re-exported for evaluation.ab
 from features.spec import TaskField
+from model.metrics import (  # noqa: F401 - the numpy twins, re-exported for evaluation.ab and the tests
+    LOGLOSS_EPS,
+    GaucResult,
+    auc_np,
+    calibration_np,
+    gauc_np,
+    log_loss_np,
+    mae_np,
+    r2_np,
+    rmse_np,
+)
 
-LOGLOSS_EPS = 1e-7
 DEFAULT_SLICES = ("all", "tab", "user_active_degree", "new_item")
 # slice name -> column that join_scores_with_labels() adds; any other name is used as a column as is
 SLICE_COLUMNS = {"tab": "tab", "user_active_degree": "user_active_degree", "new_item": "new_item"}
@@ -301,131 +310,6 @@ def _mtl_rows(rows: list[tuple], n_groups: int = 0) -> list[tuple]:
     ]
 
 
-# =============================================================================================
-# numpy twin (weights: None, a row vector (n,), or one weight row per bootstrap resample (B, n))
-# =============================================================================================
-
-def _weights(weights, n: int) -> tuple[np.ndarray, bool]:
-    if weights is None:
-        return np.ones((1, n)), True
-    w = np.asarray(weights, dtype=float)
-    return (w[None, :], True) if w.ndim == 1 else (w, False)
-
-
-def _out(values: np.ndarray, squeeze: bool):
-    return float(values[0]) if squeeze else values
-
-
-def _div(num, den):
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-def _grouped_auc_parts(groups: np.ndarray, y: np.ndarray, s: np.ndarray, w: np.ndarray):
-    """Mann-Whitney U (ties half), P and N per group for each weight row of ``w`` (B, n).
-
-    Sorts once by (group, score), sums weights per tie block, and counts the negatives strictly
-    below each block within its group with one cumulative sum. Returns (group ids, U, P, N), the
-    last three shaped (B, n_groups).
-    """
-    order = np.lexsort((s, groups))
-    g, s_sorted, y_sorted = groups[order], s[order], y[order].astype(float)
-    ws = w[:, order]
-    wp, wn = ws * y_sorted, ws * (1.0 - y_sorted)
-    if len(g) == 0:
-        empty = np.zeros((w.shape[0], 0))
-        return g, empty, empty, empty
-    block_start = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (s_sorted[1:] != s_sorted[:-1])])
-    pos_b = np.add.reduceat(wp, block_start, axis=1)
-    neg_b = np.add.reduceat(wn, block_start, axis=1)
-    g_b = g[block_start]
-    new_group = np.r_[True, g_b[1:] != g_b[:-1]]
-    group_start = np.flatnonzero(new_group)
-    group_of_block = np.cumsum(new_group) - 1
-    neg_before = np.cumsum(neg_b, axis=1) - neg_b  # exclusive, across groups
-    neg_below = neg_before - neg_before[:, group_start][:, group_of_block]
-    u = np.add.reduceat(pos_b * (neg_below + 0.5 * neg_b), group_start, axis=1)
-    p = np.add.reduceat(pos_b, group_start, axis=1)
-    n = np.add.reduceat(neg_b, group_start, axis=1)
-    return g_b[group_start], u, p, n
-
-
-def auc_np(labels, scores, weights=None):
-    """AUC with ties counted half (NaN with one class); a (B,) array when ``weights`` is (B, n)."""
-    y, s = np.asarray(labels, float), np.asarray(scores, float)
-    w, squeeze = _weights(weights, len(y))
-    _, u, p, n = _grouped_auc_parts(np.zeros(len(y), dtype=np.int64), y, s, w)
-    if u.shape[1] == 0:
-        return _out(np.full(w.shape[0], np.nan), squeeze)
-    return _out(_div(u[:, 0], p[:, 0] * n[:, 0]), squeeze)
-
-
-@dataclass(frozen=True)
-class GaucResult:
-    value: float | np.ndarray  # NaN when no user has both classes
-    n_users_used: int
-    n_users_skipped: int
-    n_rows_used: int  # impressions of the used users
-
-
-def gauc_np(users, labels, scores, weights=None) -> GaucResult:
-    """Impression-weighted mean of per-user AUCs over users holding both classes.
-
-    ``weights`` (bootstrap multiplicities) must be constant within a user: a user drawn ``m`` times
-    counts ``m * n_u``. Its per-user AUC does not change, so it is computed once.
-    """
-    users = pd.factorize(np.asarray(users))[0]
-    y, s = np.asarray(labels, float), np.asarray(scores, float)
-    w, squeeze = _weights(weights, len(y))
-    _, u, p, n = _grouped_auc_parts(users, y, s, np.ones((1, len(y))))
-    u, p, n = u[0], p[0], n[0]
-    used = (p > 0) & (n > 0)
-    n_u = p + n
-    auc_u = _div(u, p * n)
-    first_row = np.zeros(u.shape[0], dtype=np.int64)
-    if len(users):
-        first_row[users[::-1]] = np.arange(len(users))[::-1]  # any row of each user
-    multiplicity = w[:, first_row]  # (B, n_users)
-    weight = multiplicity * np.where(used, n_u, 0.0)
-    value = _div((weight * np.where(used, auc_u, 0.0)).sum(1), weight.sum(1))
-    return GaucResult(_out(value, squeeze), int(used.sum()), int((~used).sum()), int(n_u[used].sum()))
-
-
-def log_loss_np(labels, probs, weights=None):
-    y, p = np.asarray(labels, float), np.clip(np.asarray(probs, float), LOGLOSS_EPS, 1 - LOGLOSS_EPS)
-    w, squeeze = _weights(weights, len(y))
-    ll = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    return _out(_div(w @ ll, w.sum(1)), squeeze)
-
-
-def calibration_np(labels, preds, weights=None):
-    y, p = np.asarray(labels, float), np.asarray(preds, float)
-    w, squeeze = _weights(weights, len(y))
-    return _out(_div(w @ p, w @ y), squeeze)
-
-
-def mae_np(labels, preds, weights=None):
-    y, p = np.asarray(labels, float), np.asarray(preds, float)
-    w, squeeze = _weights(weights, len(y))
-    return _out(_div(w @ np.abs(p - y), w.sum(1)), squeeze)
-
-
-def rmse_np(labels, preds, weights=None):
-    y, p = np.asarray(labels, float), np.asarray(preds, float)
-    w, squeeze = _weights(weights, len(y))
-    return _out(np.sqrt(_div(w @ (p - y) ** 2, w.sum(1))), squeeze)
-
-
-def r2_np(labels, preds, weights=None):
-    y, p = np.asarray(labels, float), np.asarray(preds, float)
-    w, squeeze = _weights(weights, len(y))
-    total = w.sum(1)
-    mean_y = _div(w @ y, total)
-    sst = (w * (y[None, :] - mean_y[:, None]) ** 2).sum(1)
-    sse = w @ (p - y) ** 2
-    return _out(np.where(sst > 1e-12 * np.maximum(1.0, w @ (y * y)), 1.0 - _div(sse, sst), np.nan), squeeze)
 
 
 def slice_label(name: str, value) -> str:

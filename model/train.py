@@ -157,7 +157,7 @@ def task_metrics(spec: FeatureSpec, preds: np.ndarray, labels: np.ndarray, masks
 
     ``preds`` may be logits: AUC and gAUC only depend on the order of the scores.
     """
-    from evaluation.metrics import auc_np, gauc_np
+    from model.metrics import auc_np, gauc_np
 
     out: dict[str, Any] = {}
     aucs = []
