@@ -2,7 +2,7 @@
 
 Airflow runs in its own venv (``.venv-airflow``, made by ``scripts/setup_airflow.sh``) because the
 Spark provider pulls ``pyspark-client``, which overwrites pyspark's files and breaks pandas UDFs
-(``../shared/docs/PITFALLS.md``). The DAGs therefore never import pyspark: every task runs one of
+(``docs/PITFALLS.md``). The DAGs therefore never import pyspark: every task runs one of
 the project's jobs (``jobs/<name>.py``) in a separate process through ``SparkSubmitOperator``.
 
 **Where jobs run.** The operator calls the project's wrapper ``scripts/spark-submit`` (absolute
@@ -211,6 +211,25 @@ def spark_job(
         durable=False,
         **kwargs,
     )
+
+
+def score_and_evaluate(
+    suffix: str, model: str, dates: str, event_extra: Mapping[str, Any]
+) -> tuple[InfnetSparkSubmitOperator, InfnetSparkSubmitOperator]:
+    """``score_<suffix>`` -> ``evaluate_<suffix>`` of ``model`` on ``dates``: the pair both DAGs run.
+
+    Returns (score, evaluate), already chained; the caller wires what comes before and after.
+    """
+    score = spark_job(
+        f"score_{suffix}", "score", ["--model", model, "--date", dates],
+        outlets=[SCORES], event_extra={**event_extra, "model": model},
+    )
+    evaluate = spark_job(
+        f"evaluate_{suffix}", "evaluate", ["--model", model, "--date", dates],
+        outlets=[METRICS], event_extra={**event_extra, "model": model},
+    )
+    score >> evaluate
+    return score, evaluate
 
 
 # ------------------------------------------------------------------------------------------------

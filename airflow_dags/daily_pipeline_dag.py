@@ -39,9 +39,8 @@ from airflow_dags.common import (  # noqa: E402
     DEFAULT_ARGS,
     EXAMPLES,
     GATE_RETRIES,
-    METRICS,
-    SCORES,
     START_DATE,
+    score_and_evaluate,
     spark_job,
 )
 
@@ -83,15 +82,8 @@ with DAG(
     evaluations = []
     for arm in ("champion", "challenger"):
         model = "{{ params.%s }}" % arm
-        score = spark_job(
-            f"score_{arm}", "score", ["--model", model, "--date", DAY],
-            outlets=[SCORES], event_extra={"date": DAY, "model": model},
-        )
-        evaluate = spark_job(
-            f"evaluate_{arm}", "evaluate", ["--model", model, "--date", DAY],
-            outlets=[METRICS], event_extra={"date": DAY, "model": model},
-        )
-        chain([gate_examples, build_candidates], score, evaluate)
+        score, evaluate = score_and_evaluate(arm, model, DAY, {"date": DAY})
+        chain([gate_examples, build_candidates], score)
         evaluations.append(evaluate)
     ab_report = spark_job(
         "ab_report", "ab_report",

@@ -34,10 +34,9 @@ from airflow_dags.common import (  # noqa: E402
     DEFAULT_ARGS,
     EXAMPLES,
     MACROS,
-    METRICS,
     MODELS,
-    SCORES,
     START_DATE,
+    score_and_evaluate,
     spark_job,
 )
 
@@ -77,12 +76,5 @@ with DAG(
             ["--model", name, "--train-dates", TRAIN_DATES, "--valid-dates", VALID_DATES],
             outlets=[MODELS], event_extra={"model": name, "train_dates": TRAIN_DATES},
         )
-        score = spark_job(
-            f"score_valid_{name}", "score", ["--model", name, "--date", VALID_DATES],
-            outlets=[SCORES], event_extra={"model": name, "dates": VALID_DATES},
-        )
-        evaluate = spark_job(
-            f"evaluate_valid_{name}", "evaluate", ["--model", name, "--date", VALID_DATES],
-            outlets=[METRICS], event_extra={"model": name, "dates": VALID_DATES},
-        )
-        chain([train, candidates], score, evaluate)
+        score, _ = score_and_evaluate(f"valid_{name}", name, VALID_DATES, {"dates": VALID_DATES})
+        chain([train, candidates], score)

@@ -68,7 +68,7 @@ def load_splits(lake: str, version: int | None, splits: dict[str, list[str]]):
 
     settings = Settings().with_lake(lake)
     # Everything here is read by path: the session gets a private catalog so that it never needs the
-    # lake's embedded Derby metastore, which admits one JVM at a time (PITFALLS.md).
+    # lake's embedded Derby metastore, which admits one JVM at a time (docs/PITFALLS.md).
     private = Settings().with_lake(tempfile.mkdtemp(prefix="infnet-bench-catalog-"))
     spark = get_spark(private, app_name="infnet-bench-accuracy")
     try:

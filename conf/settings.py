@@ -196,7 +196,7 @@ class SparkSettings:
     master: str = field(default_factory=lambda: os.environ.get("INFNET_SPARK_MASTER", "local[*]"))
     shuffle_partitions: int = field(default_factory=lambda: int(os.environ.get("INFNET_SHUFFLE_PARTITIONS", "8")))
     driver_memory: str = "4g"
-    # ~1k-row Arrow batches measured fastest for torch inside pandas UDFs (PITFALLS.md)
+    # ~1k-row Arrow batches measured fastest for torch inside pandas UDFs (docs/PITFALLS.md)
     arrow_batch_rows: int = 1024
     jars_dir: str = field(default_factory=lambda: os.environ.get("INFNET_JARS_DIR", str(REPO_ROOT / "jars")))
     bind_address: str = _env("INFNET_SPARK_BIND_ADDRESS", "127.0.0.1")

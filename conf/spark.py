@@ -307,7 +307,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "infnet") -> Spa
     settings = submitted_master(settings or Settings())
     conf = spark_conf(settings)
     check_services(settings)
-    # Python workers must run the venv's interpreter (PITFALLS.md: "No module named 'pyarrow'").
+    # Python workers must run the venv's interpreter (docs/PITFALLS.md: "No module named 'pyarrow'").
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if settings.spark.on_this_machine:  # the JVM (and local-cluster workers) bind here

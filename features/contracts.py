@@ -73,7 +73,6 @@ HISTORY_CONTRACT = Contract(
     BRONZE_HISTORY.name, RAW_HISTORY_SCHEMA, non_negative=("history_len", "last_time_ms"),
     unique_key=("user_id",),
 )
-CONTRACTS = {c.table: c for c in (LOG_CONTRACT, USER_CONTRACT, VIDEO_CONTRACT, HISTORY_CONTRACT)}
 
 
 def as_strings(df: DataFrame) -> DataFrame:
@@ -234,11 +233,6 @@ def bronze_log(valid_log: DataFrame) -> DataFrame:
     with_id = valid_log.withColumn("impression_id", impression_id(valid_log))
     cols = ["impression_id"] + [c for c in valid_log.columns]
     return with_id.select(*cols).withColumn("date", yyyymmdd_to_date(F.col("date")))
-
-
-def raw_date_of(raw_json: Column, field: str = "date") -> Column:
-    """The calendar date a quarantined log row claims (from its raw JSON), null when unreadable."""
-    return yyyymmdd_to_date(F.get_json_object(raw_json, f"$.{field}").try_cast("int"))
 
 
 def with_source_position(df: DataFrame) -> DataFrame:

@@ -10,7 +10,7 @@ label; the masks exist so later sources with partial labels fit the same contrac
 """
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column
 from pyspark.sql import functions as F
 
 from features.spec import TaskField
@@ -32,7 +32,3 @@ def label_columns() -> list[Column]:
         cols += [label.alias(task.column), F.lit(1.0).cast("float").alias(task.mask_column)]
     return cols
 
-
-def add_labels(log: DataFrame) -> DataFrame:
-    """Log rows + label and mask columns."""
-    return log.select("*", *label_columns())

@@ -2,7 +2,7 @@
 
 Used by the scoring UDF and by the accuracy benchmark. :func:`get_predictor` caches one loaded
 model per (store, reference, device) per process, so a Spark Python worker that is reused loads
-its model once (PITFALLS.md: "A module-level model cache ... loaded the model once per worker").
+its model once (docs/PITFALLS.md: "A module-level model cache ... loaded the model once per worker").
 
 Outputs: ``{task: float32 array}`` in the spec's task order; a binary task gives
 ``sigmoid(logit)``, a regression task the raw model output (e.g. ``log1p`` seconds of play time).

@@ -43,7 +43,7 @@ LAYOUTS = ("flat", "packed")
 
 @dataclass(frozen=True)
 class ScoringSettings:
-    batch_rows: int = 1024  # Arrow batch size; ~1k rows measured fastest (PITFALLS.md)
+    batch_rows: int = 1024  # Arrow batch size; ~1k rows measured fastest (docs/PITFALLS.md)
     reuse_user_side: bool = True
     udf: str = "arrow"  # "arrow" (mapInArrow) | "pandas" (mapInPandas); same worker function
     layout: str = "flat"  # "flat": one row per candidate | "packed": one row per request (pack_requests)

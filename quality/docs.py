@@ -1,7 +1,7 @@
 """Data docs: one self-contained HTML page per gate run plus ``index.html`` under ``<lake>/data_docs``.
 
 GX's own data docs are not used: they need a store-backed context (we validate through an
-ephemeral one, PITFALLS.md) and their pages load Bootstrap, jQuery and Font Awesome from CDNs,
+ephemeral one, docs/PITFALLS.md) and their pages load Bootstrap, jQuery and Font Awesome from CDNs,
 so they render unstyled or broken on an offline machine. These pages inline their CSS, have no
 JavaScript, and list every expectation with its outcome.
 

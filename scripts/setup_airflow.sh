@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Airflow for the infnet DAGs, in its OWN venv (.venv-airflow): the Spark provider installs
 # pyspark-client, which overwrites pyspark's files and breaks every pandas UDF if it shares the
-# project's .venv (shared/docs/PITFALLS.md). The DAGs only call scripts/spark-submit, which runs
+# project's .venv (docs/PITFALLS.md). The DAGs only call scripts/spark-submit, which runs
 # each job with the project's .venv, so Airflow needs no pyspark of its own.
 #
 # Idempotent, like scripts/setup.sh: each step is skipped when already current.
@@ -41,7 +41,7 @@ if [ "${1:-}" = "--relock" ]; then
     echo "#   ${TOP_LEVEL[*]}"
     echo "# on Python 3.11 (pip check clean). Airflow's constraint files are not reachable here, so this is"
     echo "# our lock; regenerate with scripts/setup_airflow.sh --relock. Never install into .venv: the"
-    echo "# provider's pyspark-client overwrites pyspark and breaks pandas UDFs (shared/docs/PITFALLS.md)."
+    echo "# provider's pyspark-client overwrites pyspark and breaks pandas UDFs (docs/PITFALLS.md)."
     "$tmp/venv/bin/pip" freeze
   } > "$LOCK"
   rm -rf "$tmp"
