@@ -101,3 +101,23 @@ def read_table(
 def current_version(spark: SparkSession, settings: Settings, table: TableDef) -> int:
     history = DeltaTable.forPath(spark, settings.lake.table_path(table.name)).history(1)
     return int(history.select("version").first()[0])
+
+
+def add_missing_columns(spark: SparkSession, settings: Settings, table: TableDef, schema,
+                        fill: dict[str, str] | None = None) -> list[str]:
+    """Bring an existing table written before a contract grew up to date: add the columns of
+    ``schema`` (a StructType) it lacks, as nullable columns, and set them on the old rows to the
+    SQL expressions of ``fill``. Returns the added column names (none when the table is absent)."""
+    if not table_exists(spark, settings, table):
+        return []
+    have = {c.lower() for c in read_table(spark, settings, table).columns}
+    missing = [f for f in schema.fields if f.name.lower() not in have]
+    if not missing:
+        return []
+    register_table(spark, settings, table)
+    name = qualified_name(settings, table)
+    spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in missing)})")
+    sets = [f"`{f.name}` = {fill[f.name]}" for f in missing if fill and f.name in fill]
+    if sets:
+        spark.sql(f"UPDATE {name} SET {', '.join(sets)}")
+    return [f.name for f in missing]
