@@ -185,12 +185,17 @@ def trending_videos(events: DataFrame, times: DataFrame, rs: RetrievalSettings, 
     return _top(rates, [T_COL], [F.col("channel_score").desc(), F.col("video_id")], depth).drop("_rank")
 
 
+def click_counts(events: DataFrame, times: DataFrame, lookback_days: int) -> DataFrame:
+    """(request_time_ms, video_id, clicks) of every video clicked in the ``lookback_days`` before
+    each request time of ``times`` (the popularity the channel and the popularity baseline use)."""
+    clicks = _before_times(_positive(events, "is_click").select("video_id", "time_ms"), times, lookback_days * DAY_MS)
+    return clicks.groupBy(T_COL, "video_id").agg(F.count(F.lit(1)).cast("double").alias("clicks"))
+
+
 def popular_videos(events: DataFrame, times: DataFrame, rs: RetrievalSettings, depth: int) -> DataFrame:
     """(request_time_ms, video_id, channel_score) of the ``depth`` most clicked videos in the
     ``popularity_lookback_days`` before each request time."""
-    clicks = _before_times(_positive(events, "is_click").select("video_id", "time_ms"), times,
-                           rs.popularity_lookback_days * DAY_MS)
-    counts = clicks.groupBy(T_COL, "video_id").agg(F.count(F.lit(1)).cast("double").alias("channel_score"))
+    counts = click_counts(events, times, rs.popularity_lookback_days).withColumnRenamed("clicks", "channel_score")
     return _top(counts, [T_COL], [F.col("channel_score").desc(), F.col("video_id")], depth).drop("_rank")
 
 

@@ -108,6 +108,7 @@ def body(spark, settings, args) -> None:
     predicate = (
         slice_predicate({"model_name": args.model.name, "model_version": args.model.version})
         + f" AND `date` IN ({', '.join(sql_literal(d) for d in args.dates)})"
+        + " AND `slice` NOT LIKE 'list@%'"  # the list metrics are `infnet rank`'s rows
     )
     version = write_table(rows, settings, METRICS, predicate,
                           user_metadata={"job": "evaluate", "model": str(args.model), "dates": args.dates})
