@@ -146,6 +146,19 @@ def compare_lists(lists_a: pd.DataFrame, lists_b: pd.DataFrame, positives: pd.Da
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
+def summary_lines(table: pd.DataFrame) -> list[str]:
+    """Markdown lines of an A/B list table: ``- **click recall** (list@50): B wins: ...``."""
+    from evaluation.ab import verdict
+
+    def fmt(x, sign=False):
+        return "n/a" if x is None or not np.isfinite(x) else (f"{x:+.4f}" if sign else f"{x:.4f}")
+
+    return [f"- **{r['task']} {r['metric']}** ({r['slice']}, {r['n']} users): B {verdict(r)}: "
+            f"{fmt(r['control_value'])} -> {fmt(r['treatment_value'])} (delta {fmt(r['delta'], True)}, 95% CI "
+            f"[{fmt(r['ci_low'], True)}, {fmt(r['ci_high'], True)}], p={fmt(r['p_value'])})"
+            for _, r in table.iterrows()]
+
+
 def _coverage_boot(lists: pd.DataFrame, code: dict, counts: np.ndarray) -> np.ndarray:
     """Distinct videos covered by the users drawn in each resample (their lists' union)."""
     videos, video_codes = np.unique(lists["video_id"].to_numpy(), return_inverse=True)

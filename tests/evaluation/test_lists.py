@@ -74,3 +74,42 @@ def test_spark_lists_and_positives(spark):
     got = sorted(tuple(r) for r in logged_positives(log, requests).collect())
     # at or after user 1's first request (100); user 5 has no request
     assert got == [(1, 10, "click"), (1, 12, "like"), (1, 12, "long_view")]
+
+
+def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_path_factory):
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from conf.lake import write_table
+    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS, RECOMMENDATIONS_SCHEMA
+    from evaluation.ab import ABConfig
+    from features.candidates import conform_candidates
+    from jobs.ab_report import compare_list_arms
+    from jobs.common import ModelRef
+
+    s = settings.with_lake(str(tmp_path_factory.mktemp("ab_lists")))
+    day, t = dt.date(2022, 5, 4), 1_000
+    recs = []
+    for name, order in (("ctl", [10, 11, 12]), ("trt", [12, 10, 11])):  # user 1 clicks v12 on the day
+        for user in (1, 2):
+            recs += [(day, user, name, "1", rank, video, 1.0, "r", "retrieval", "x=1")
+                     for rank, video in enumerate(order, 1)]
+    df = spark.createDataFrame(recs, "date date, user_id bigint, model_name string, model_version string, rank int, "
+                                     "video_id bigint, objective double, request_id string, source string, "
+                                     "objective_spec string").withColumn("ranked_at", F.current_timestamp())
+    write_table(df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                            for f in RECOMMENDATIONS_SCHEMA.fields]), s, RECOMMENDATIONS)
+    write_table(conform_candidates(spark.createDataFrame([("r1", 1, 10, t, "retrieval", day), ("r2", 2, 10, t, "retrieval", day)],
+                                                         "request_id string, user_id bigint, video_id bigint, "
+                                                         "request_time_ms bigint, source string, date date")), s, CANDIDATES)
+    write_table(spark.createDataFrame([(1, 12, t + 1, 1, 0, 0, day), (2, 11, t + 1, 1, 0, 0, day)],
+                                      "user_id bigint, video_id bigint, time_ms bigint, is_click int, long_view int, "
+                                      "is_like int, date date"), s, BRONZE_LOG)
+    write_table(spark.createDataFrame([(v,) for v in range(10, 20)], "video_id bigint"), s, BRONZE_VIDEOS)
+    table = compare_list_arms(spark, s, ModelRef("ctl", "1"), ModelRef("trt", "1"), ["2022-05-04"],
+                              ABConfig(n_boot=30), k=1).set_index(["task", "metric"])
+    # at K=1: control lists v10 for both (no hit), treatment v12 (user 1's click): recall 0 -> 0.5
+    assert table.loc[("click", "recall"), ["control_value", "treatment_value"]].tolist() == [0.0, 0.5]
+    assert table.loc[("click", "recall"), "n_users"] == 2 and set(table["slice"]) == {"list@1"}
+    assert compare_list_arms(spark, s, ModelRef("ctl", "1"), ModelRef("none", "1"), ["2022-05-04"], ABConfig()) is None
