@@ -108,13 +108,15 @@ def featurise(spark, settings, candidates, max_request_time: int):
                                 settings)
 
 
-def prepare_scores_table(spark, settings) -> None:
-    """Lakes scored before candidate sources existed: add ``source``, marking old rows ``logged``."""
+def prepare_tables(spark, settings) -> None:
+    """Lakes built before candidate sources existed: add the new columns to ``candidates`` and
+    ``scores``, marking their old rows ``logged`` (the only source there was)."""
     from pyspark.sql import types as T
 
     from conf.lake import add_missing_columns
-    from conf.tables import SCORES
+    from conf.tables import CANDIDATES, CANDIDATES_SCHEMA, SCORES
 
+    add_missing_columns(spark, settings, CANDIDATES, CANDIDATES_SCHEMA, fill={"source": "'logged'"})
     add_missing_columns(spark, settings, SCORES, T.StructType([T.StructField("source", T.StringType())]),
                         fill={"source": "'logged'"})
 
@@ -144,7 +146,7 @@ def body(spark, settings, args) -> None:
     scoring = ScoringSettings(batch_rows=args.batch_rows, reuse_user_side=not args.no_user_reuse, udf=args.udf,
                               device=args.device, layout=args.layout, batch_candidates=args.batch_candidates,
                               cpu_batch_candidates=rk.cpu_batch_candidates, cuda_batch_candidates=rk.cuda_batch_candidates)
-    prepare_scores_table(spark, settings)
+    prepare_tables(spark, settings)
 
     # Arrow batches count UDF input rows (requests when packed): set per date, restored after
     batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"

@@ -129,3 +129,18 @@ def test_a_missing_import_is_one_clear_line(lake, tmp_path, capsys):
     assert build(lake, "--date", "2022-04-26", "--from", str(tmp_path / "nope.parquet")) == 2
     assert "not found" in capsys.readouterr().err
     assert build(lake, "--date", "2022-04-26..2022-04-27", "--from", str(tmp_path / "x.csv")) == 2
+
+
+def test_an_older_candidates_table_gets_the_new_columns(spark, settings, tmp_path_factory):
+    from conf.lake import add_missing_columns, write_table
+    from conf.tables import CANDIDATES
+
+    s = settings.with_lake(str(tmp_path_factory.mktemp("old_lake")))
+    old = spark.createDataFrame([("r1", "i1", 7, 10, 1000, 1, DAY)], "request_id string, impression_id string, "
+                                "user_id bigint, video_id bigint, request_time_ms bigint, tab int, date date")
+    write_table(old, s, CANDIDATES, {"date": DAY.isoformat()})
+    assert add_missing_columns(spark, s, CANDIDATES, CANDIDATES_SCHEMA, fill={"source": "'logged'"}) == [
+        "source", "channels", "retrieval_score"]
+    migrated = spark.read.format("delta").load(s.lake.table_path("candidates"))
+    assert validate_candidates(migrated) is None and migrated.first()["source"] == "logged"
+    assert add_missing_columns(spark, s, CANDIDATES, CANDIDATES_SCHEMA) == []  # idempotent
