@@ -7,6 +7,12 @@ per second. The lake must hold the bronze tables, ``examples`` (its spec) and a 
 
     .venv/bin/python -m bench.ranking --lake lake --date 2022-05-04                 # all users
     .venv/bin/python -m bench.ranking --lake lake --date 2022-05-04 --max-users 2000
+    .venv/bin/python -m bench.ranking --lake lake --max-users 500 --compare-featurise
+
+``--compare-featurise`` also times, on the same candidates, the per-key featurisation the score job
+runs (features/candidate_features.py, packed) against the per-row one it replaced
+(``build_features`` on every candidate row, then ``pack_requests``), both written to Spark's
+``noop`` sink, side by side.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-users", type=int, help="a deterministic sample of users (default: all)")
     parser.add_argument("--candidates-per-request", type=int, default=200)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--compare-featurise", action="store_true",
+                        help="also time per-key vs per-row featurisation of the same candidates")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
@@ -72,7 +80,42 @@ def main(argv=None) -> int:
     print(f"  {'total':<30} {total:8.1f} s   {n_candidates / total:>10,.0f} candidates/s")
     if metrics is not None:
         rank.print_list_metrics(metrics, settings.ranking.top_k)
+    if args.compare_featurise:
+        compare_featurise(spark, settings, cands, n_candidates)
     return 0
+
+
+def compare_featurise(spark, settings, candidates, n_candidates: int) -> None:
+    """Seconds of per-key (the score job) vs per-row (build_features + pack_requests) features."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table
+    from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
+    from features.candidate_features import PASSTHROUGH, featurise_candidates
+    from features.candidates import pack_requests
+    from features.examples import build_features, build_spec
+
+    last = candidates.agg(F.max("request_time_ms"), F.max("date")).first()
+    events = read_table(spark, settings, BRONZE_LOG).where(
+        (F.col("date") <= F.lit(last[1])) & (F.col("time_ms") < F.lit(int(last[0]))))
+    dims = [read_table(spark, settings, t) for t in (BRONZE_USERS, BRONZE_VIDEOS, BRONZE_HISTORY)]
+    spec = build_spec(settings)
+
+    def per_key():
+        return featurise_candidates(candidates, events, *dims, settings).packed(PASSTHROUGH)
+
+    def per_row():
+        rows = build_features(candidates.withColumnRenamed("request_time_ms", "time_ms"), events, *dims, settings)
+        return pack_requests(rows.select(*PASSTHROUGH, *spec.feature_columns), spec, PASSTHROUGH)
+
+    seconds = {}
+    for name, build in (("per key (infnet score)", per_key), ("per row (build_features)", per_row)):
+        t0 = time.perf_counter()
+        build().write.format("noop").mode("overwrite").save()
+        seconds[name] = time.perf_counter() - t0
+    key, row = seconds["per key (infnet score)"], seconds["per row (build_features)"]
+    print(f"\nfeaturise {n_candidates:,} candidates, packed per request: per key {key:.1f} s, per row {row:.1f} s "
+          f"-> per key {row / key:.2f}x faster")
 
 
 if __name__ == "__main__":

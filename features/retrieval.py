@@ -25,6 +25,11 @@ descending, ``video_id`` ascending on ties); a video's retrieval score is the we
 reciprocal-rank fusion ``sum_c weight_c / (fusion_k + rank_c)`` over the channels that proposed
 it, and the request keeps the N best (ties by ``video_id``), with the sorted list of its channels.
 
+Context: a request's ``tab`` (the app surface, a model input) is the user's most frequent tab in
+the ``author_lookback_days`` before the request time, else the most frequent tab of everyone's
+impressions in the 24 hours before it (models never saw a missing tab: left null it would score
+every candidate with an untrained bucket).
+
 Every function is a pure DataFrame function; the strict cut is a join condition
 ``event.time_ms < request_time_ms`` (tests/features/test_retrieval.py adds events at and after the
 request time to a hand-built timeline and checks that nothing changes).
@@ -204,6 +209,21 @@ def _global_channel(per_time: DataFrame, requests: DataFrame, name: str) -> Data
             .select("request_id", "video_id", F.lit(name).alias("channel"), "channel_score"))
 
 
+def request_tabs(events: DataFrame, requests: DataFrame, rs: RetrievalSettings) -> DataFrame:
+    """(request_id, tab): the user's most frequent tab before the request time, else the day's
+    most frequent tab before it (ties: the smaller tab); see the module docstring."""
+    shown = events.where(F.col("tab").isNotNull()).select("user_id", "time_ms", "tab")
+    mine = (_before_requests(shown, requests, rs.author_lookback_days * DAY_MS)
+            .groupBy("request_id", "tab").agg(F.count(F.lit(1)).alias("_n")))
+    mine = _top(mine, ["request_id"], [F.col("_n").desc(), F.col("tab")], 1).select("request_id", F.col("tab").alias("_own"))
+    times = requests.select(T_COL).distinct()
+    day = _before_times(shown.select("time_ms", "tab"), times, DAY_MS).groupBy(T_COL, "tab").agg(
+        F.count(F.lit(1)).alias("_n"))
+    day = _top(day, [T_COL], [F.col("_n").desc(), F.col("tab")], 1).select(T_COL, F.col("tab").alias("_day"))
+    return (requests.select("request_id", T_COL).join(mine, "request_id", "left").join(day, T_COL, "left")
+            .select("request_id", F.coalesce("_own", "_day").cast("int").alias("tab")))
+
+
 def seen_videos(events: DataFrame, requests: DataFrame, history: DataFrame | None = None) -> DataFrame:
     """(request_id, video_id) the user was shown strictly before the request time, plus the
     pre-window history's watched videos when that history ended before it."""
@@ -232,7 +252,8 @@ def channel_candidates(events: DataFrame, videos: DataFrame, requests: DataFrame
 def merge_channels(proposals: DataFrame, requests: DataFrame, rs: RetrievalSettings = RetrievalSettings(),
                    seen: DataFrame | None = None) -> DataFrame:
     """Channel proposals -> candidate rows of the contract (source ``retrieval``): drop ``seen``
-    (request_id, video_id) pairs, rank within each channel, fuse ranks, keep the N best."""
+    (request_id, video_id) pairs, rank within each channel, fuse ranks, keep the N best
+    (``requests`` may carry a ``tab`` for its candidates)."""
     weights = dict(rs.channel_weights)
     unknown = sorted(set(CHANNELS) - set(weights))
     if unknown:
@@ -247,7 +268,8 @@ def merge_channels(proposals: DataFrame, requests: DataFrame, rs: RetrievalSetti
         F.array_sort(F.collect_set("channel")).alias("channels"))
     best = _top(fused, ["request_id"], [F.col("retrieval_score").desc(), F.col("video_id")],
                 rs.candidates_per_request).drop("_rank")
-    out = best.join(requests.select("request_id", "user_id", T_COL, "date"), "request_id")
+    context = ["tab"] if "tab" in requests.columns else []
+    out = best.join(requests.select("request_id", "user_id", T_COL, "date", *context), "request_id")
     return conform_candidates(out.withColumn("source", F.lit("retrieval")))
 
 
@@ -257,11 +279,14 @@ def retrieval_candidates(events: DataFrame, videos: DataFrame, requests: DataFra
     (``request_id, user_id, request_time_ms, date``) from the labelled log ``events``
     (``user_id, video_id, time_ms, is_click, long_view, is_like``) and ``videos``
     (``video_id, author_id``); ``history`` (bronze_history) adds pre-window watched videos to the
-    exclusions."""
+    exclusions. When ``events`` has ``tab`` and ``requests`` has none, each request gets one
+    (:func:`request_tabs`)."""
     needed = ("user_id", "video_id", "time_ms", "is_click", "long_view", "is_like")
     missing = [c for c in needed if c not in events.columns]
     if missing:
         raise ValueError(f"events lack columns {missing}")
+    if "tab" in events.columns and "tab" not in requests.columns:
+        requests = requests.join(request_tabs(events, requests, rs), "request_id", "left")
     events = events.select(*needed)
     seen = seen_videos(events, requests, history) if rs.exclude_seen else None
     return merge_channels(channel_candidates(events, videos, requests, rs), requests, rs, seen)

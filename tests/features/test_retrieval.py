@@ -125,3 +125,19 @@ def test_active_users_are_the_previous_days(spark):
     assert sorted(r[0] for r in active_users(e, DATE).collect()) == expected
     requests = make_requests(active_users(e, DATE), DATE, T).collect()
     assert len({r["request_id"] for r in requests}) == len(expected)
+
+
+def test_a_request_gets_the_users_usual_tab_else_the_days(spark):
+    from pyspark.sql import functions as F
+
+    from features.retrieval import request_tabs
+
+    tabs = {(1, 1): 4, (1, 4): 4, (2, 1): 1, (2, 2): 1, (5, 1): 1, (5, 2): 2}  # (user, video) -> tab
+    e, _, _ = frames(spark, PAST + [ev(1, 9, T, click=1)] * 3)  # user 1 at T: not before, ignored
+    tab = F.coalesce(*[F.when((F.col("user_id") == u) & (F.col("video_id") == v), F.lit(t)) for (u, v), t in tabs.items()],
+                     F.when(F.col("time_ms") >= T, F.lit(9)), F.lit(None).cast("int"))
+    requests = make_requests(spark.createDataFrame([(1,), (3,)], "user_id bigint"), DATE, T)
+    got = {r["request_id"]: r["tab"] for r in request_tabs(e.withColumn("tab", tab), requests, RS).collect()}
+    by_user = {r["user_id"]: got[r["request_id"]] for r in requests.collect()}
+    # user 1: tab 4 twice; user 3 has no impression: the day's most frequent tab (1: three times, 4 twice, 2 once)
+    assert by_user == {1: 4, 3: 1}
