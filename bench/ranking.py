@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     spark = get_spark(settings)
     model = pin_model_ref(settings, ModelRef(args.model))
     t0 = time.perf_counter()
-    metrics = rank.evaluate_lists(spark, settings, model, args.date, "retrieval", settings.ranking.top_k)
+    metrics = rank.evaluate_lists(spark, settings, [model], args.date, "retrieval", settings.ranking.top_k)
     seconds["replay evaluation"] = time.perf_counter() - t0
     day = F.col("date") == F.lit(args.date).cast("date")
     cands = read_table(spark, settings, CANDIDATES).where(day & (F.col("source") == "retrieval"))

@@ -70,15 +70,15 @@ def steps(args, plan: DemoPlan) -> list[tuple[str, list[str]]]:
     ]
     for model in (plan.control, plan.treatment):
         out.append(("train", ["--model", model, *train_common]))
+    both = f"{plan.control},{plan.treatment}"  # scored on features computed once
     out.append(("build_candidates", ["--dates", plan.test_dates]))
+    out.append(("score", ["--model", both, "--dates", plan.test_dates, "--source", "logged"]))
     for model in (plan.control, plan.treatment):
-        out.append(("score", ["--model", model, "--dates", plan.test_dates, "--source", "logged"]))
         out.append(("evaluate", ["--model", model, "--dates", plan.test_dates]))
     sample = [] if args.all_users else ["--max-users", str(args.rank_users)]
     out.append(("build_candidates", ["--source", "retrieval", "--date", plan.rank_date, *sample]))
-    for model in (plan.control, plan.treatment):
-        out.append(("score", ["--model", model, "--date", plan.rank_date, "--source", "retrieval"]))
-        out.append(("rank", ["--model", model, "--date", plan.rank_date]))
+    out.append(("score", ["--model", both, "--date", plan.rank_date, "--source", "retrieval"]))
+    out.append(("rank", ["--model", both, "--date", plan.rank_date]))
     out.append(("ab_report", ["--control", plan.control, "--treatment", plan.treatment,
                               "--dates", plan.test_dates, "--n-boot", str(args.n_boot)]))
     return [(job, flags + common) for job, flags in out]

@@ -1,6 +1,6 @@
 """Rank a date's scored candidates into top-K lists per user (``recommendations``) and replay them.
 
-``infnet rank --model NAME[@VERSION] --date D`` reads the model version's ``scores`` of the date's
+``infnet rank --model NAME[@VERSION][,NAME...] --date D`` reads each model version's ``scores`` of the date's
 candidates of ``--source`` (default retrieval), computes the ranking objective (``--objective``,
 default ``click=1,long_view=1,like=1``: the expected number of positive actions; model/ranking.py),
 and writes per (date, user) the top ``--k`` (default 50) with rank, every task score, the
@@ -17,6 +17,7 @@ example:  infnet rank --model infnet --date 2022-05-04 --objective click=1,long_
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import logging
 import sys
@@ -35,8 +36,9 @@ def build_parser():
 
     rk = RankingSettings()
     parser = base_parser("rank", __doc__)
-    parser.add_argument("--model", type=parse_model_ref, required=True,
-                        help="NAME@VERSION of the scored model (NAME alone: the newest version)")
+    parser.add_argument("--model", type=parse_model_refs, required=True,
+                        help="NAME@VERSION of the scored model (NAME alone: the newest version); a comma list ranks "
+                             "several and replays them side by side")
     parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
                         help="date, comma list or range a..b (YYYY-MM-DD)")
     parser.add_argument("--source", choices=("retrieval", "external", "logged"), default="retrieval",
@@ -48,6 +50,14 @@ def build_parser():
     return parser
 
 
+def parse_model_refs(value: str):
+    """``infnet,mmoe@2`` -> [ModelRef, ...]."""
+    refs = [parse_model_ref(v.strip()) for v in value.split(",") if v.strip()]
+    if not refs:
+        raise argparse.ArgumentTypeError(f"expected NAME[@VERSION][,...], got {value!r}")
+    return refs
+
+
 def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int):
     """The recommendations rows of one date (a DataFrame in RECOMMENDATIONS_SCHEMA order) and the
     count of scored candidates left out for a null / NaN objective."""
@@ -55,7 +65,7 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
 
     from conf.lake import read_table, table_exists
     from conf.tables import CANDIDATES, RECOMMENDATIONS_SCHEMA, SCORES
-    from model.ranking import objective_spec, top_k
+    from model.ranking import objective_column, objective_spec, top_k
 
     if not table_exists(spark, settings, SCORES):
         raise JobError(f"the scores table does not exist yet: run `infnet score --model {model} --date {date}` first")
@@ -66,8 +76,7 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
         scores = scores.where(F.col("source") == source)
     elif source != "logged":
         scores = scores.limit(0)
-    n = scores.count()
-    if n == 0:
+    if scores.limit(1).count() == 0:
         raise JobError(f"no scores of {model} for {source} candidates on {date}: run `infnet build_candidates "
                        f"--source {source} --date {date}` and `infnet score --model {model} --source {source} "
                        f"--date {date}` first")
@@ -79,10 +88,12 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
             .groupBy(F.col("request_id").alias("_m_request"), F.col("video_id").alias("_m_video"))
             .agg(F.first("channels").alias("channels"), F.max("retrieval_score").alias("retrieval_score")))
     rows = scores.join(meta, (F.col("request_id") == F.col("_m_request")) & (F.col("video_id") == F.col("_m_video")),
-                       "left")
+                       "left").withColumn("objective", objective_column(weights).cast("double")).cache()
+    n = rows.count()
+    dropped = rows.where(F.col("objective").isNull() | F.isnan("objective")).count()
     best = top_k(rows, weights, k).cache()
     kept = best.count()
-    dropped = _null_objective(rows, weights)
+    rows.unpersist()
     out = best.select(
         *[(F.col(f.name) if f.name in best.columns else F.lit(None)).cast(f.dataType).alias(f.name)
           for f in RECOMMENDATIONS_SCHEMA.fields
@@ -94,18 +105,9 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
     return out.select(*[F.col(f.name).cast(f.dataType) for f in RECOMMENDATIONS_SCHEMA.fields]), kept, dropped, n
 
 
-def _null_objective(rows, weights) -> int:
-    from pyspark.sql import functions as F
-
-    from model.ranking import objective_column
-
-    value = objective_column(weights).cast("double")
-    return rows.where(value.isNull() | F.isnan(value)).count()
-
-
-def evaluate_lists(spark, settings, model, date: str, source: str, k: int):
-    """``metrics`` rows (a pandas frame) of the model's lists and the two baselines, or None when
-    the log has no impressions on the date."""
+def evaluate_lists(spark, settings, models, date: str, source: str, k: int):
+    """``metrics`` rows (a pandas frame) of the models' lists (``models``: ModelRefs) and the two
+    baselines, or None when the log has no impressions on the date."""
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -123,24 +125,21 @@ def evaluate_lists(spark, settings, model, date: str, source: str, k: int):
     requests = candidates.select("user_id", T_COL).distinct()
     positives = logged_positives(log_day, requests).toPandas()
     catalog = read_table(spark, settings, BRONZE_VIDEOS).count()
-    lists = {
-        model.name: read_table(spark, settings, RECOMMENDATIONS).where(
-            day & (F.col("model_name") == model.name) & (F.col("model_version") == model.version))
-        .select("user_id", "video_id", "rank"),
-    }
+    recs = read_table(spark, settings, RECOMMENDATIONS)
+    lists = {(m.name, m.version): recs.where(day & (F.col("model_name") == m.name) & (F.col("model_version") == m.version))
+             .select("user_id", "video_id", "rank") for m in models}
     if candidates.where(F.col("retrieval_score").isNotNull()).limit(1).count():
-        lists["retrieval_order"] = top_k_per_user(candidates, [F.col("retrieval_score").desc()], k)
+        lists[("retrieval_order", BASELINE_VERSION)] = top_k_per_user(candidates, [F.col("retrieval_score").desc()], k)
     times = candidates.select(T_COL).distinct()
     events = log_all.where(F.col("date") <= F.lit(date).cast("date"))
     pop = click_counts(events, times, settings.retrieval.popularity_lookback_days)
     with_pop = candidates.join(pop, [T_COL, "video_id"], "left").fillna({"clicks": 0.0})
-    lists["popularity"] = top_k_per_user(with_pop, [F.col("clicks").desc()], k)
+    lists[("popularity", BASELINE_VERSION)] = top_k_per_user(with_pop, [F.col("clicks").desc()], k)
     frames = []
-    for name, lst in lists.items():
+    for (name, version), lst in lists.items():
         pdf = lst.toPandas()
         summary = summarise(per_user_metrics(pdf, positives, k), pdf, catalog, k)
-        summary["model_name"] = name
-        summary["model_version"] = model.version if name == model.name else BASELINE_VERSION
+        summary["model_name"], summary["model_version"] = name, version
         frames.append(summary)
     out = pd.concat(frames, ignore_index=True)
     out["date"] = dt.date.fromisoformat(date)
@@ -148,11 +147,12 @@ def evaluate_lists(spark, settings, model, date: str, source: str, k: int):
 
 
 def print_list_metrics(pdf, k: int) -> None:
+    pdf = pdf.assign(model=lambda d: d["model_name"] + "@" + d["model_version"].astype(str))
     wide = pdf.assign(column=lambda d: d["task"] + " " + d["metric"]).pivot_table(
-        index="model_name", columns="column", values="value", aggfunc="first")
+        index="model", columns="column", values="value", aggfunc="first")
     order = [c for t in ("click", "long_view", "like") for c in (f"{t} recall", f"{t} ndcg", f"{t} hit_rate")
              if c in wide.columns] + [c for c in ("all coverage",) if c in wide.columns]
-    n_users = pdf[(pdf["task"] == "click") & (pdf["metric"] == "recall")].set_index("model_name")["n"]
+    n_users = pdf[(pdf["task"] == "click") & (pdf["metric"] == "recall")].set_index("model")["n"]
     print(f"list metrics @{k} (users with a logged positive: {', '.join(f'{m} {n}' for m, n in n_users.items())}):")
     print(wide[order].to_string(float_format=lambda x: f"{x:.4f}"))
 
@@ -169,32 +169,35 @@ def body(spark, settings, args) -> None:
         raise JobError(f"--objective: {err}") from None
     if args.k < 1:
         raise JobError("--k must be >= 1")
-    args.model = pin_model_ref(settings, args.model)
+    models = [pin_model_ref(settings, m) for m in args.model]
     for date in args.dates:
-        recs, kept, dropped, n = ranked_lists(spark, settings, args.model, date, args.source, weights, args.k)
-        version = write_table(recs, settings, RECOMMENDATIONS,
-                              {"date": date, "model_name": args.model.name, "model_version": args.model.version},
-                              user_metadata={"job": "rank", "objective": objective_spec(weights), "k": args.k})
-        n_users = recs.select("user_id").distinct().count()
-        print(f"rank {args.model} {date} ({args.source}): {kept} list entries for {n_users} users from {n} scored "
-              f"candidates, objective {objective_spec(weights)}, k={args.k}"
-              + (f"; {dropped} candidates left out for a null/NaN objective" if dropped else "")
-              + f" (recommendations version {version})")
+        for model in models:
+            recs, kept, dropped, n = ranked_lists(spark, settings, model, date, args.source, weights, args.k)
+            version = write_table(recs, settings, RECOMMENDATIONS,
+                                  {"date": date, "model_name": model.name, "model_version": model.version},
+                                  user_metadata={"job": "rank", "objective": objective_spec(weights), "k": args.k})
+            n_users = recs.select("user_id").distinct().count()
+            print(f"rank {model} {date} ({args.source}): {kept} list entries for {n_users} users from {n} scored "
+                  f"candidates, objective {objective_spec(weights)}, k={args.k}"
+                  + (f"; {dropped} candidates left out for a null/NaN objective" if dropped else "")
+                  + f" (recommendations version {version})")
         if args.no_evaluate:
             continue
-        metrics = evaluate_lists(spark, settings, args.model, date, args.source, args.k)
+        metrics = evaluate_lists(spark, settings, models, date, args.source, args.k)
         if metrics is None:
             print(f"rank: bronze_log has no impressions on {date}: lists not evaluated")
             continue
+        ours = " OR ".join(f"(`model_name` = {sql_literal(m.name)} AND `model_version` = {sql_literal(m.version)})"
+                           for m in models)
         names = ", ".join(sql_literal(b) for b in BASELINES)
         predicate = (f"`date` = {sql_literal(date)} AND `slice` = {sql_literal(list_slice(args.k))} AND "
-                     f"((`model_name` = {sql_literal(args.model.name)} AND `model_version` = "
-                     f"{sql_literal(args.model.version)}) OR `model_name` IN ({names}))")
+                     f"({ours} OR `model_name` IN ({names}))")
         columns = ["model_name", "model_version", "task", "metric", "slice", "value", "n", "date"]
         rows = spark.createDataFrame(metrics[columns],
                                      "model_name string, model_version string, task string, metric string, "
                                      "slice string, value double, n long, date date")
-        write_table(rows, settings, METRICS, predicate, user_metadata={"job": "rank", "model": str(args.model)})
+        write_table(rows, settings, METRICS, predicate,
+                    user_metadata={"job": "rank", "models": [str(m) for m in models]})
         print_list_metrics(metrics, args.k)
 
 

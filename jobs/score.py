@@ -12,7 +12,8 @@ The workers receive one row per request (``--layout packed``: the user side once
 as a list; a request over ``--max-candidates-per-row`` becomes several rows) unless ``--layout flat``
 sends one row per candidate.
 
-``--source`` picks the candidate source (default: every source the date has); rows of ``scores``
+``--model a,b`` scores several models on the same features (computed once). ``--source`` picks
+the candidate source (default: every source the date has); rows of ``scores``
 for the same date, model, version (and source, when given) are replaced on rerun; a CHECK
 constraint keeps the binary-task scores in [0, 1]. The summary line reports candidates scored with
 reserved buckets and ids mapped to 0 because they are outside the model's vocabularies.
@@ -36,7 +37,9 @@ def build_parser():
 
     rk = RankingSettings()
     parser = base_parser("score", __doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="NAME[@VERSION] from the model store (newest when no version)")
+    parser.add_argument("--model", required=True,
+                        help="NAME[@VERSION] from the model store (newest when no version); a comma list scores "
+                             "several models on features computed once")
     parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
                         help="date, comma list or range a..b (YYYY-MM-DD)")
     parser.add_argument("--source", choices=("all", *CANDIDATE_SOURCES), default="all",
@@ -121,25 +124,34 @@ def prepare_tables(spark, settings) -> None:
                         fill={"source": "'logged'"})
 
 
+def load_models(spark, settings, refs: str):
+    """The pinned infos of a comma list of NAME[@VERSION], each checked against the features' spec."""
+    from conf.lake import current_version
+    from conf.tables import EXAMPLES
+    from model.store import ModelNotFound, load_info
+
+    infos = []
+    feature_version = current_version(spark, settings, EXAMPLES)
+    for ref in (r.strip() for r in refs.split(",") if r.strip()):
+        try:
+            info = load_info(settings.lake.model_store, ref)
+        except ModelNotFound as err:
+            raise JobError(str(err)) from None
+        check_model_spec(spark, settings, info, feature_version)
+        infos.append(info)
+    if not infos:
+        raise JobError("--model names no model")
+    return infos, feature_version
+
+
 def body(spark, settings, args) -> None:
     from pyspark.sql import functions as F
 
-    from conf.lake import current_version, read_table, write_table
-    from conf.tables import EXAMPLES, SCORES
     from features.candidate_features import PASSTHROUGH
     from features.candidates import validate_candidates
-    from model.scoring import (ScoringSettings, counts_accumulator, make_batch_scorer, output_schema_ddl,
-                               score_column)
-    from model.store import ModelNotFound, load_info
+    from model.scoring import ScoringSettings
 
-    store = settings.lake.model_store
-    try:
-        info = load_info(store, args.model)
-    except ModelNotFound as err:
-        raise JobError(str(err)) from None
-    ref = info.ref  # pinned: every worker loads this exact version
-    feature_version = current_version(spark, settings, EXAMPLES)
-    check_model_spec(spark, settings, info, feature_version)
+    infos, feature_version = load_models(spark, settings, args.model)
     if min(args.batch_rows, args.max_candidates_per_row, args.batch_candidates or 1) < 1:
         raise JobError("--batch-rows, --batch-candidates and --max-candidates-per-row must be >= 1")
     rk = settings.ranking
@@ -167,6 +179,7 @@ def body(spark, settings, args) -> None:
                 what = "" if args.source == "all" else f" of source {args.source}"
                 raise JobError(f"candidates has no rows{what} for {date}: run `infnet build_candidates --date {date}"
                                f"{flag}` first; nothing was written")
+            # features once per key and date, shared by every model scored here
             features = featurise(spark, settings, candidates, counts["last"]).cache()
             report = features.input_report()
             if scoring.layout == "packed":
@@ -179,49 +192,67 @@ def body(spark, settings, args) -> None:
                 records_per_batch = scoring.batch_rows
                 n_parts = max(spark.sparkContext.defaultParallelism, 1)
                 udf_input = features.flat(PASSTHROUGH).repartition(n_parts, "request_id").sortWithinPartitions("request_id")
+            if len(infos) > 1:
+                udf_input = udf_input.cache()
             spark.conf.set(batch_key, str(records_per_batch))
-            out_of_range = counts_accumulator(spark)
-            scorer = make_batch_scorer(store, ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
-            ddl = output_schema_ddl(info.spec, PASSTHROUGH, KEY_TYPES)
-            scored = udf_input.mapInPandas(scorer, ddl) if scoring.udf == "pandas" else udf_input.mapInArrow(scorer, ddl)
-            sources = candidates.select("request_id", "video_id", "impression_id", "source").withColumnRenamed(
-                "request_id", "_c_request").withColumnRenamed("video_id", "_c_video").withColumnRenamed(
-                "impression_id", "_c_impression")
-            if len(counts["sources"]) == 1:  # the usual case: no join needed
-                scored = scored.withColumn("source", F.lit(counts["sources"][0]))
-            else:
-                scored = scored.join(sources, (F.col("request_id") == F.col("_c_request"))
-                                     & (F.col("video_id") == F.col("_c_video"))
-                                     & F.col("impression_id").eqNullSafe(F.col("_c_impression")))
-            scores = scored.select(
-                "request_id", "impression_id", "user_id", "video_id",
-                F.lit(date).cast("date").alias("date"),
-                F.lit(info.name).alias("model_name"), F.lit(str(info.version)).alias("model_version"),
-                F.lit(feature_version).cast("long").alias("feature_version"),
-                F.lit(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).alias("scored_at"),
-                *[F.col(score_column(t.name)) for t in info.spec.tasks],
-                "source",
-            )
-            where = {"date": date, "model_name": info.name, "model_version": str(info.version)}
-            if args.source != "all":
-                where["source"] = args.source
-            version = write_table(scores, settings, SCORES, where)
-            ensure_probability_constraint(spark, settings, [t.name for t in info.spec.binary_tasks])
-            written = read_table(spark, settings, SCORES, version).where(
-                (F.col("date") == F.lit(date).cast("date")) & (F.col("model_name") == info.name)
-                & (F.col("model_version") == str(info.version)))
-            if args.source != "all":
-                written = written.where(F.col("source") == args.source)
-            n_scored = written.count()
-            if n_scored != n_candidates:
-                raise JobError(f"scored {n_scored} rows for {n_candidates} candidates on {date}")
-            mapped = dict(sorted(out_of_range.value.items()))
-            print(f"score {ref} {date} ({', '.join(counts['sources'])}): {n_scored} candidates in "
-                  f"{counts['requests']} requests scored (scores version {version}); reserved buckets: {report}; "
-                  f"ids outside the vocabulary mapped to 0: {mapped or 'none'}")
+            for info in infos:
+                score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version,
+                           args.source, report)
+            udf_input.unpersist()
             features.unpersist()
     finally:
         spark.conf.set(batch_key, session_batch_rows)
+
+
+def score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version, source,
+               report) -> None:
+    """Score one model on one date's prepared UDF input, write its slice of ``scores``, check the
+    count and print the summary line."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table, write_table
+    from conf.tables import SCORES
+    from features.candidate_features import PASSTHROUGH
+    from model.scoring import counts_accumulator, make_batch_scorer, output_schema_ddl, score_column
+
+    out_of_range = counts_accumulator(spark)
+    scorer = make_batch_scorer(settings.lake.model_store, info.ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
+    ddl = output_schema_ddl(info.spec, PASSTHROUGH, KEY_TYPES)
+    scored = udf_input.mapInPandas(scorer, ddl) if scoring.udf == "pandas" else udf_input.mapInArrow(scorer, ddl)
+    if len(counts["sources"]) == 1:  # the usual case: no join needed
+        scored = scored.withColumn("source", F.lit(counts["sources"][0]))
+    else:
+        sources = candidates.select(F.col("request_id").alias("_c_request"), F.col("video_id").alias("_c_video"),
+                                    F.col("impression_id").alias("_c_impression"), "source")
+        scored = scored.join(sources, (F.col("request_id") == F.col("_c_request"))
+                             & (F.col("video_id") == F.col("_c_video"))
+                             & F.col("impression_id").eqNullSafe(F.col("_c_impression")))
+    scores = scored.select(
+        "request_id", "impression_id", "user_id", "video_id",
+        F.lit(date).cast("date").alias("date"),
+        F.lit(info.name).alias("model_name"), F.lit(str(info.version)).alias("model_version"),
+        F.lit(feature_version).cast("long").alias("feature_version"),
+        F.lit(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).alias("scored_at"),
+        *[F.col(score_column(t.name)) for t in info.spec.tasks],
+        "source",
+    )
+    where = {"date": date, "model_name": info.name, "model_version": str(info.version)}
+    if source != "all":
+        where["source"] = source
+    version = write_table(scores, settings, SCORES, where)
+    ensure_probability_constraint(spark, settings, [t.name for t in info.spec.binary_tasks])
+    written = read_table(spark, settings, SCORES, version).where(
+        (F.col("date") == F.lit(date).cast("date")) & (F.col("model_name") == info.name)
+        & (F.col("model_version") == str(info.version)))
+    if source != "all":
+        written = written.where(F.col("source") == source)
+    n_scored = written.count()
+    if n_scored != counts["n"]:
+        raise JobError(f"scored {n_scored} rows for {counts['n']} candidates on {date}")
+    mapped = dict(sorted(out_of_range.value.items()))
+    print(f"score {info.ref} {date} ({', '.join(counts['sources'])}): {n_scored} candidates in "
+          f"{counts['requests']} requests scored (scores version {version}); reserved buckets: {report}; "
+          f"ids outside the vocabulary mapped to 0: {mapped or 'none'}")
 
 
 def ensure_probability_constraint(spark, settings, binary_tasks) -> None:
