@@ -17,6 +17,7 @@ runs (features/candidate_features.py, packed) against the per-row one it replace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
                         help="also time per-key vs per-row featurisation of the same candidates")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
+    if "://" not in args.lake:  # the catalog stores locations: a relative path would resolve against the warehouse
+        args.lake = os.path.abspath(args.lake)
 
     from pyspark.sql import functions as F
 

@@ -72,7 +72,11 @@ def write_table(
 def register_table(spark: SparkSession, settings: Settings, table: TableDef) -> None:
     """Register the table's location in the catalog; re-point an entry left by another lake."""
     name, path = qualified_name(settings, table), settings.lake.table_path(table.name)
-    if spark.catalog.tableExists(name):
+    try:
+        exists = spark.catalog.tableExists(name)
+    except Exception:  # noqa: BLE001 - Delta cannot load an entry whose folder is gone: re-point it below
+        exists = True
+    if exists:
         try:
             location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
         except Exception:  # noqa: BLE001 - its folder is gone: re-point it below
