@@ -78,7 +78,11 @@ def write_table(
 def register_table(spark: SparkSession, settings: Settings, table: TableDef) -> None:
     """Register the table's location in the catalog; re-point an entry left by another lake."""
     name, path = qualified_name(settings, table), settings.lake.table_path(table.name)
-    if spark.catalog.tableExists(name):
+    try:
+        exists = spark.catalog.tableExists(name)
+    except Exception:  # noqa: BLE001 - Delta cannot load an entry whose folder is gone: re-point it below
+        exists = True
+    if exists:
         try:
             location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
         except Exception:  # noqa: BLE001 - its folder is gone: re-point it below
@@ -124,3 +128,23 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         stream.write(bytearray(text.encode("utf-8")))
     finally:
         stream.close()
+
+
+def add_missing_columns(spark: SparkSession, settings: Settings, table: TableDef, schema,
+                        fill: dict[str, str] | None = None) -> list[str]:
+    """Bring an existing table written before a contract grew up to date: add the columns of
+    ``schema`` (a StructType) it lacks, as nullable columns, and set them on the old rows to the
+    SQL expressions of ``fill``. Returns the added column names (none when the table is absent)."""
+    if not table_exists(spark, settings, table):
+        return []
+    have = {c.lower() for c in read_table(spark, settings, table).columns}
+    missing = [f for f in schema.fields if f.name.lower() not in have]
+    if not missing:
+        return []
+    register_table(spark, settings, table)
+    name = qualified_name(settings, table)
+    spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({', '.join(f'`{f.name}` {f.dataType.simpleString()}' for f in missing)})")
+    sets = [f"`{f.name}` = {fill[f.name]}" for f in missing if fill and f.name in fill]
+    if sets:
+        spark.sql(f"UPDATE {name} SET {', '.join(sets)}")
+    return [f.name for f in missing]

@@ -365,6 +365,47 @@ class QualitySettings:
 
 
 @dataclass(frozen=True)
+class RetrievalSettings:
+    """The Spark retrieval stage (features/retrieval.py): channels and how they merge.
+
+    Every channel reads only events strictly before the request time; lookbacks bound the work.
+    """
+
+    candidates_per_request: int = 200
+    request_time: str = "00:00"  # local time (UTC+8) of the date's one request per user
+    covisit_lookback_days: int = 7
+    covisit_window_minutes: int = 60  # two positives of one user this close co-visit
+    covisit_seeds: int = 20  # the user's most recent clicked / long-viewed videos used as seeds
+    covisit_neighbours: int = 50  # kept per seed video (highest co-visit count first)
+    covisit_seed_decay: float = 0.9  # a seed's weight: decay ** (recency rank - 1)
+    author_lookback_days: int = 30
+    author_top_authors: int = 10  # the user's most engaged authors
+    author_videos: int = 20  # most recently shown videos per author
+    trending_prior_strength: float = 20.0  # smoothing of the previous 24 h long-view rate
+    popularity_lookback_days: int = 7
+    global_margin: int = 100  # trending / popularity fetch N + margin, so exclusions still leave N
+    fusion_k: float = 60.0  # reciprocal-rank fusion: sum_c weight_c / (k + rank_c)
+    channel_weights: tuple[tuple[str, float], ...] = (
+        ("covisit", 1.0), ("author", 1.0), ("trending", 0.5), ("popular", 0.25))
+    exclude_seen: bool = True  # drop videos the user was shown before the request time
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """Scoring at ranking shape and the published lists."""
+
+    # candidates per model call in a scoring worker, by device; Spark ships Arrow batches of about
+    # cpu_batch_candidates and a CUDA worker gathers them up to cuda_batch_candidates (bench/scoring.py)
+    cpu_batch_candidates: int = 1024
+    cuda_batch_candidates: int = 65_536
+    max_candidates_per_row: int = 4096  # a larger request is split into rows of at most this many
+    top_k: int = 50
+    # objective = sum_t weight_t * score_t over the binary task probabilities: by default the
+    # expected number of positive actions (click + long view + like) of the candidate
+    objective: tuple[tuple[str, float], ...] = (("click", 1.0), ("long_view", 1.0), ("like", 1.0))
+
+
+@dataclass(frozen=True)
 class Settings:
     lake: LakeSettings = field(default_factory=LakeSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
@@ -375,6 +416,8 @@ class Settings:
     services: ServiceSettings = field(default_factory=ServiceSettings)
     pool_slots_override: int | None = field(
         default_factory=lambda: int(os.environ["INFNET_POOL_SLOTS"]) if os.environ.get("INFNET_POOL_SLOTS") else None)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    ranking: RankingSettings = field(default_factory=RankingSettings)
 
     def with_lake(self, root: str | None) -> "Settings":
         return self if not root else replace(self, lake=replace(self.lake, root=root))

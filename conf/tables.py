@@ -28,11 +28,18 @@ QUARANTINE = TableDef(
 )
 INGEST_AUDIT = TableDef("ingest_audit", ("run_id", "table_name"), (), "rows read = landed + quarantined, per run")
 EXAMPLES = TableDef("examples", ("impression_id",), ("date",), "one row per impression: features + labels")
-# impression_id is part of the key: a logged request can show one video twice (null when unlogged)
+# impression_id is part of the key: a logged request can show one video twice (null when unlogged).
+# Request ids of different sources never collide (each source hashes its own prefix), and every
+# job replaces one (date, source) slice, so the sources of a date live side by side.
 CANDIDATES = TableDef("candidates", ("request_id", "video_id", "impression_id"), ("date",), "candidate sets to score")
 SCORES = TableDef(
     "scores", ("request_id", "video_id", "impression_id", "model_name", "model_version"), ("date",),
     "one score per task per candidate",
+)
+# One ranked list per (date, user, model@version): the top K of the user's scored candidates.
+RECOMMENDATIONS = TableDef(
+    "recommendations", ("date", "user_id", "model_name", "model_version", "rank"), ("date",),
+    "top-K lists per user, date and model version, with every task score and the objective",
 )
 METRICS = TableDef("metrics", ("model_name", "model_version", "task", "metric", "slice", "date"), ("date",))
 AB_REPORTS = TableDef("ab_reports", ("report_id", "task", "metric", "slice"), ())
@@ -47,7 +54,7 @@ QUALITY_RESULTS = TableDef("quality_results", ("run_id", "table_name", "expectat
 
 ALL_TABLES = (
     BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, BRONZE_HISTORY, QUARANTINE, INGEST_AUDIT,
-    EXAMPLES, CANDIDATES, SCORES, METRICS, AB_REPORTS, QUALITY_RESULTS,
+    EXAMPLES, CANDIDATES, SCORES, RECOMMENDATIONS, METRICS, AB_REPORTS, QUALITY_RESULTS,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +144,11 @@ QUARANTINE_SCHEMA = T.StructType([
     T.StructField("ingested_at", T.TimestampType(), False),
 ])
 
-# Any table with this contract can be scored (the demo builds it from logged impressions).
+# Where a candidate set comes from: the logged impressions of the day (offline replay), the Spark
+# retrieval stage (features/retrieval.py) or an external retrieval system's import.
+CANDIDATE_SOURCES = ("logged", "retrieval", "external")
+
+# One contract for every source: any table with it can be scored.
 CANDIDATES_SCHEMA = T.StructType([
     T.StructField("request_id", T.StringType(), False),
     T.StructField("impression_id", T.StringType(), True),  # set when the candidate was logged
@@ -145,5 +156,40 @@ CANDIDATES_SCHEMA = T.StructType([
     T.StructField("video_id", T.LongType(), False),
     T.StructField("request_time_ms", T.LongType(), False),
     T.StructField("tab", T.IntegerType(), True),
+    T.StructField("source", T.StringType(), False),  # one of CANDIDATE_SOURCES
+    T.StructField("channels", T.ArrayType(T.StringType()), True),  # retrieval channel(s) that proposed it
+    T.StructField("retrieval_score", T.DoubleType(), True),  # the retrieval stage's own order (higher first)
     T.StructField("date", T.DateType(), False),
+])
+
+# What an external retrieval system hands over (infnet build_candidates --from): read as strings and
+# cast under this contract like the raw log; the optional columns are derived when absent.
+EXTERNAL_CANDIDATES_SCHEMA = T.StructType([
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("video_id", T.LongType(), False),
+    T.StructField("request_id", T.StringType(), True),  # default: one request per user and request time
+    T.StructField("request_time_ms", T.LongType(), True),  # default: the date's request time (--request-time)
+    T.StructField("retrieval_score", T.DoubleType(), True),
+    T.StructField("channel", T.StringType(), True),
+])
+
+RECOMMENDATIONS_SCHEMA = T.StructType([
+    T.StructField("date", T.DateType(), False),
+    T.StructField("user_id", T.LongType(), False),
+    T.StructField("model_name", T.StringType(), False),
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("rank", T.IntegerType(), False),  # 1 = best
+    T.StructField("video_id", T.LongType(), False),
+    T.StructField("objective", T.DoubleType(), False),
+    T.StructField("score_click", T.DoubleType(), True),
+    T.StructField("score_like", T.DoubleType(), True),
+    T.StructField("score_long_view", T.DoubleType(), True),
+    T.StructField("score_play_time", T.DoubleType(), True),
+    T.StructField("channels", T.ArrayType(T.StringType()), True),
+    T.StructField("retrieval_score", T.DoubleType(), True),
+    T.StructField("request_id", T.StringType(), False),
+    T.StructField("source", T.StringType(), False),
+    T.StructField("objective_spec", T.StringType(), False),  # e.g. "click=1,long_view=1,like=1"
+    T.StructField("feature_version", T.LongType(), True),  # examples version the scores were featurised at
+    T.StructField("ranked_at", T.TimestampType(), False),
 ])

@@ -52,7 +52,7 @@ ARMS = ("a", "b")  # a = control, b = treatment
 MTL_TASK = "mtl"
 # +1: higher is better, -1: lower is better, 0: no direction (calibration: closer to 1)
 METRIC_DIRECTION = {"auc": 1, "gauc": 1, "logloss": -1, "calibration": 0, "mae": -1, "rmse": -1, "r2": 1,
-                    "mtl_auc": 1}
+                    "mtl_auc": 1, "recall": 1, "ndcg": 1, "hit_rate": 1, "coverage": 1}  # the last 4: list@K
 PRIMARY_METRIC = {"binary": "auc", "regression": "rmse"}
 RESULT_COLUMNS = [
     "task", "metric", "slice", "control_value", "treatment_value", "delta", "rel_delta",

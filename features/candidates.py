@@ -1,9 +1,12 @@
 """Candidate sets: one row per (request, candidate video), the contract in conf.tables.CANDIDATES_SCHEMA.
 
-The demo builds requests from logged impressions: a user's impressions inside one fixed window
-of ``window_minutes`` form one request whose time is the window's first impression, so every
-candidate of a request is featurised at the same moment (events strictly before it) and shares
-the user side. Any other producer only has to honour the schema.
+Three sources share the contract (column ``source``): ``logged`` builds requests from logged
+impressions (offline replay: a user's impressions inside one fixed window of ``window_minutes``
+form one request whose time is the window's first impression), ``retrieval`` is the Spark
+retrieval stage (features/retrieval.py) and ``external`` an import of another system's candidate
+sets (features/external_candidates.py). In every source all candidates of a request share one
+user and one request time, so they are featurised at the same moment (events strictly before it)
+and share the user side.
 
 Scoring reads featurised candidates *packed by request* (:func:`pack_requests`): one row per
 request holding the user side once (user fields, behaviour sequences) and the candidates as a
@@ -20,7 +23,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from conf.tables import CANDIDATES_SCHEMA
+from conf.tables import CANDIDATE_SOURCES, CANDIDATES_SCHEMA
 from features.spec import FeatureSpec
 
 REQUEST_COLUMN = "request_id"
@@ -48,21 +51,48 @@ def packed_layout(spec: FeatureSpec, passthrough: Sequence[str],
 
 
 def pack_requests(rows: DataFrame, spec: FeatureSpec, passthrough: Sequence[str],
-                  request_column: str = REQUEST_COLUMN) -> DataFrame:
+                  request_column: str = REQUEST_COLUMN, max_candidates_per_row: int | None = None) -> DataFrame:
     """Featurised candidate rows -> one row per request (:func:`packed_layout`).
 
     The request-level columns are taken from one of the request's rows: they are equal for all
-    of them because every candidate of a request is featurised at the request time.
+    of them because every candidate of a request is featurised at the request time. A request
+    with more than ``max_candidates_per_row`` candidates becomes several rows
+    (:func:`split_large_requests`).
     """
     request_columns, per_candidate = packed_layout(spec, passthrough, request_column)
-    return rows.groupBy(request_column).agg(
+    packed = rows.groupBy(request_column).agg(
         *[F.first(c).alias(c) for c in request_columns[1:]],
         F.collect_list(F.struct(*per_candidate)).alias(PACKED_CANDIDATES),
     )
+    return split_large_requests(packed, max_candidates_per_row)
+
+
+def split_large_requests(packed: DataFrame, max_candidates_per_row: int | None) -> DataFrame:
+    """Rows of a request-packed frame holding more than ``max_candidates_per_row`` candidates are
+    cut into consecutive rows of at most that many, each with a copy of the request columns:
+    a request too big for one row is split, never dropped or truncated (2,500 candidates with a
+    cap of 1,000 -> rows of 1,000, 1,000 and 500).
+    """
+    if not max_candidates_per_row:
+        return packed
+    m = int(max_candidates_per_row)
+    n = F.size(PACKED_CANDIDATES)
+    pieces = F.sequence(F.lit(0), F.greatest(F.ceil(n / F.lit(m)).cast("int") - 1, F.lit(0)))
+    others = [c for c in packed.columns if c != PACKED_CANDIDATES]
+    return (packed.select(*others, PACKED_CANDIDATES, F.explode(pieces).alias("_piece"))
+            .select(*others, F.slice(PACKED_CANDIDATES, F.col("_piece") * m + 1, m).alias(PACKED_CANDIDATES)))
+
+
+def conform_candidates(df: DataFrame) -> DataFrame:
+    """Select and cast to the contract's columns, in its order (absent optional columns are null)."""
+    return df.select(*[
+        (F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+        for f in CANDIDATES_SCHEMA.fields
+    ])
 
 
 def candidates_from_impressions(log: DataFrame, window_minutes: int = 60) -> DataFrame:
-    """Group a bronze log slice into requests.
+    """Group a bronze log slice into requests (source ``logged``).
 
     ``request_id`` is a deterministic hash of (user_id, window start), so rebuilding a date gives
     the same ids.
@@ -73,10 +103,8 @@ def candidates_from_impressions(log: DataFrame, window_minutes: int = 60) -> Dat
         "request_id", F.sha2(F.concat_ws(":", F.lit("req"), F.col("user_id"), bucket), 256).substr(1, 24)
     )
     request_time = with_request.groupBy("request_id").agg(F.min("time_ms").alias("request_time_ms"))
-    out = with_request.join(request_time, "request_id")
-    return out.select(
-        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in CANDIDATES_SCHEMA.fields]
-    )
+    out = with_request.join(request_time, "request_id").withColumn("source", F.lit("logged"))
+    return conform_candidates(out)
 
 
 def pack_adjacent_rows(rows: pa.Table | pa.RecordBatch, spec: FeatureSpec, passthrough: Sequence[str],
@@ -118,10 +146,14 @@ def validate_candidates(df: DataFrame) -> None:
     if missing:
         raise ValueError(f"candidates table lacks required columns {missing}; contract: {CANDIDATES_SCHEMA.simpleString()}")
     required = [f.name for f in CANDIDATES_SCHEMA.fields if not f.nullable and f.name != "date"]
-    nulls = df.agg(*[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in required]).first()
-    bad = {c: int(nulls[c]) for c in required if nulls[c]}
+    known = F.col("source").isin(*CANDIDATE_SOURCES)
+    counts = df.agg(*[F.sum(F.col(c).isNull().cast("long")).alias(c) for c in required],
+                    F.sum((~known).cast("long")).alias("_unknown_source")).first()
+    bad = {c: int(counts[c]) for c in required if counts[c]}
     if bad:
         raise ValueError(f"candidates has null values in required columns (rows per column): {bad}")
+    if counts["_unknown_source"]:
+        raise ValueError(f"candidates has {counts['_unknown_source']} rows whose source is not one of {CANDIDATE_SOURCES}")
     mixed = (df.groupBy(REQUEST_COLUMN)
              .agg(F.countDistinct("user_id").alias("users"), F.countDistinct("request_time_ms").alias("times"))
              .where("users > 1 OR times > 1"))

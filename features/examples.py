@@ -1,10 +1,11 @@
 """The examples table: one row per impression, every feature of the spec, labels and masks.
 
-:func:`build_features` is the single featuriser. Training calls it through :func:`build_examples`
-with the log as both the rows to featurise and the events; scoring calls it with candidate rows as
-queries and the log as events. Both therefore get the same code, the same hashing and the same
-point-in-time cut (events with ``time_ms`` strictly below the query's), so there is no train/serve
-skew.
+:func:`build_features` is the per-row featuriser. Training calls it through :func:`build_examples`
+with the log as both the rows to featurise and the events. Scoring composes the very same feature
+functions once per request / video / context key instead of once per candidate
+(``features.candidate_features``, candidate rows as queries, the log as events). Both get the same
+code, the same hashing and the same point-in-time cut (events with ``time_ms`` strictly below the
+query's), and tests hold the two equal, so there is no train/serve skew.
 
 The spec (:func:`build_spec`) is derivable from settings alone; the ``build_features`` job stores
 it with the Delta version it writes (commit ``userMetadata``, table property and
@@ -78,6 +79,14 @@ def _require(df: DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} lacks columns {missing} (has {df.columns})")
 
 
+def events_with_author(events: DataFrame, videos: DataFrame) -> DataFrame:
+    """Events + ``_e_author_id`` (the video's author; null when unknown) for the author statistics."""
+    return events.join(
+        videos.select(F.col("video_id").alias("_e_video_id"), F.col("author_id").alias("_e_author_id")),
+        F.col("video_id") == F.col("_e_video_id"), "left",
+    ).drop("_e_video_id")
+
+
 def build_features(
     queries: DataFrame,
     events: DataFrame,
@@ -101,13 +110,9 @@ def build_features(
         queries = queries.withColumn("tab", F.lit(None).cast("int"))
     passthrough = list(queries.columns)
     ev = events.select(*EVENT_COLUMNS)
-    ev_author = ev.join(
-        videos.select(F.col("video_id").alias("_e_video_id"), F.col("author_id").alias("_e_author_id")),
-        F.col("video_id") == F.col("_e_video_id"), "left",
-    ).drop("_e_video_id")
     rows = add_categorical(queries, users, videos, fs)
     rows = add_entity_stats(rows, ev, "video_id", "video", fs)
-    rows = add_entity_stats(rows, ev_author, AUTHOR_COL, "author", fs, event_key="_e_author_id")
+    rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id")
     rows = add_entity_stats(rows, ev, "user_id", "user", fs)
     rows = add_sequences(rows, ev, history, fs)
     spec = build_spec(fs)

@@ -1,9 +1,13 @@
 """Run the whole pipeline end to end on the bundled KuaiRand data (what ``make demo`` does).
 
 ingest -> quality gate (bronze) -> build_features -> quality gate (examples) -> train INFNet and
-MMoE on the first days -> build candidates for the held-back days -> score them with both models
--> evaluate both -> A/B report (control MMoE, treatment INFNet). Every step is the same job a user
-runs by hand or Airflow schedules, called in one process so the Spark session is reused.
+MMoE on the first days -> build the logged candidates of the held-back days -> score them with
+both models -> evaluate both -> retrieval candidates for the last day (a deterministic sample of
+``--rank-users`` users active the day before, 200 candidates each; ``--all-users`` for all) ->
+score them with both models -> rank (top 50 per user, replay list metrics of INFNet, MMoE, the
+retrieval order and popularity) -> A/B report (control MMoE, treatment INFNet: impressions and
+lists). Every step is the same job a user runs by hand or Airflow schedules, called in one process
+so the Spark session is reused.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class DemoPlan:
     test_dates: str = "2022-05-03..2022-05-04"
     control: str = "mmoe"
     treatment: str = "infnet"
+    rank_date: str = "2022-05-04"  # ranked from retrieval candidates, judged on its logs
+    rank_users: int = 2_000
 
 
 def build_parser():
@@ -37,6 +43,10 @@ def build_parser():
     parser.add_argument("--train-flag", action="append", default=[], metavar="FLAG",
                         help="extra flag passed to every train step, e.g. --train-flag=--batch-size=512")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the A/B report")
+    parser.add_argument("--rank-users", type=int, default=DemoPlan.rank_users,
+                        help=f"users ranked from retrieval candidates on the last day (default {DemoPlan.rank_users})")
+    parser.add_argument("--all-users", action="store_true",
+                        help="rank every user active the day before the last day (overrides --rank-users)")
     return parser
 
 
@@ -60,10 +70,15 @@ def steps(args, plan: DemoPlan) -> list[tuple[str, list[str]]]:
     ]
     for model in (plan.control, plan.treatment):
         out.append(("train", ["--model", model, *train_common]))
+    both = f"{plan.control},{plan.treatment}"  # scored on features computed once
     out.append(("build_candidates", ["--dates", plan.test_dates]))
+    out.append(("score", ["--model", both, "--dates", plan.test_dates, "--source", "logged"]))
     for model in (plan.control, plan.treatment):
-        out.append(("score", ["--model", model, "--dates", plan.test_dates]))
         out.append(("evaluate", ["--model", model, "--dates", plan.test_dates]))
+    sample = [] if args.all_users else ["--max-users", str(args.rank_users)]
+    out.append(("build_candidates", ["--source", "retrieval", "--date", plan.rank_date, *sample]))
+    out.append(("score", ["--model", both, "--date", plan.rank_date, "--source", "retrieval"]))
+    out.append(("rank", ["--model", both, "--date", plan.rank_date]))
     out.append(("ab_report", ["--control", plan.control, "--treatment", plan.treatment,
                               "--dates", plan.test_dates, "--n-boot", str(args.n_boot)]))
     return [(job, flags + common) for job, flags in out]
@@ -84,8 +99,31 @@ def run_demo(argv=None, plan: DemoPlan = DemoPlan()) -> int:
             print(f"demo: step `infnet {job}` failed (exit {rc}); stopping", file=sys.stderr)
             return rc
         log.info("demo step %s done in %.0f s", job, time.time() - t0)
+    print_list_summary(args, plan)
     log.info("demo finished in %.0f s", time.time() - started)
     return 0
+
+
+def print_list_summary(args, plan: DemoPlan, k: int = 50) -> None:
+    """The ranked lists of the last day side by side: INFNet, MMoE, retrieval order, popularity."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table
+    from conf.spark import get_spark
+    from conf.tables import METRICS
+    from jobs.common import ModelRef, pin_model_ref, settings_from_args
+    from jobs.rank import BASELINE_VERSION, print_list_metrics
+
+    settings = settings_from_args(args)
+    spark = get_spark(settings)
+    wanted = [pin_model_ref(settings, ModelRef(m)) for m in (plan.treatment, plan.control)]
+    wanted += [ModelRef(b, BASELINE_VERSION) for b in ("retrieval_order", "popularity")]
+    rows = read_table(spark, settings, METRICS).where(
+        (F.col("date") == F.lit(plan.rank_date).cast("date")) & (F.col("slice") == f"list@{k}")).toPandas()
+    keep = rows.apply(lambda r: any(r["model_name"] == m.name and r["model_version"] == m.version for m in wanted), axis=1)
+    if len(rows) and keep.any():
+        print(f"\nranked lists on {plan.rank_date}, replayed on its logs:")
+        print_list_metrics(rows[keep], k)
 
 
 def main(argv=None) -> int:

@@ -160,6 +160,7 @@ def body(spark, settings, args) -> None:
     predicate = (
         slice_predicate({"model_name": args.model.name, "model_version": args.model.version})
         + f" AND `date` IN ({', '.join(sql_literal(d) for d in args.dates)})"
+        + " AND `slice` NOT LIKE 'list@%'"  # the list metrics are `infnet rank`'s rows
     )
     rows = result.counts if result.metrics is None else result.metrics.unionByName(result.counts)
     version = write_table(rows, settings, METRICS, predicate,

@@ -117,40 +117,78 @@ def pad_lists(arr: pa.Array, max_len: int, dtype) -> np.ndarray:
     return out
 
 
-def categorical_matrix(data: ArrowData, spec: FeatureSpec, fields: Iterable[int] | None = None) -> np.ndarray:
+def _count(counts: dict[str, int] | None, key: str, n: int) -> None:
+    if counts is not None and n:
+        counts[key] = counts.get(key, 0) + int(n)
+
+
+def categorical_matrix(data: ArrowData, spec: FeatureSpec, fields: Iterable[int] | None = None,
+                       out_of_range: dict[str, int] | None = None) -> np.ndarray:
     """``Long[rows, M]`` of the spec's categorical columns (reserved bucket 0 for nulls and
     out-of-range ids). With ``fields`` (indices into ``spec.categorical``) only those columns are
-    converted and the others stay 0: scoring reads the user fields from the user state instead."""
+    converted and the others stay 0: scoring reads the user fields from the user state instead.
+
+    One pass per column: the range is checked with Arrow's min/max kernel (no temporary arrays
+    unless a column has an id out of range), and the values are copied straight from the Arrow
+    buffer into the int64 matrix (zero-copy view when the column has no nulls). Ids outside
+    ``[0, vocab_size)`` are added to ``out_of_range[column]`` when a dict is given.
+
+    >>> from features.spec import demo_spec
+    >>> spec = demo_spec()
+    >>> data = pa.RecordBatch.from_pydict({f.column: pa.array([1, None, f.vocab_size], pa.int32()) for f in spec.categorical})
+    >>> counts = {}
+    >>> categorical_matrix(data, spec, out_of_range=counts)[:, 0].tolist(), counts["cat_user_id"]
+    ([1, 0, 0], 1)
+    """
     out = np.zeros((data.num_rows, len(spec.categorical)), dtype=np.int64)
+    if data.num_rows == 0:
+        return out
     for i in (range(len(spec.categorical)) if fields is None else fields):
         field = spec.categorical[i]
-        out[:, i] = _int_column(_column(data, field.column), field.vocab_size)
+        arr = _column(data, field.column)
+        if not pa.types.is_integer(arr.type):
+            arr = arr.cast(pa.int64())
+        if arr.null_count:
+            arr = pc.fill_null(arr, 0)
+        bounds = pc.min_max(arr)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if low is not None and (low < 0 or high >= field.vocab_size):
+            bad = pc.or_(pc.less(arr, 0), pc.greater_equal(arr, field.vocab_size))
+            _count(out_of_range, field.column, pc.sum(bad).as_py())
+            arr = pc.if_else(bad, 0, arr)
+        out[:, i] = arr.to_numpy(zero_copy_only=False)
     return out
 
 
-def sequence_tensors(data: ArrowData, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_tensors(data: ArrowData, spec: FeatureSpec,
+                     out_of_range: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The spec's behaviour sequences -> ``seq`` Long[rows, F, N] and ``seq_gap`` Float[rows, F, N]
-    (out-of-range items -> 0, padded positions carry no gap). Needs only the sequence columns."""
+    (out-of-range items -> 0 and counted in ``out_of_range[column]``, padded positions carry no
+    gap). Needs only the sequence columns."""
     seq = np.zeros((data.num_rows, len(spec.sequences), max((s.max_len for s in spec.sequences), default=0)), np.int64)
     gap = np.zeros(seq.shape, np.float32)
     for i, s in enumerate(spec.sequences):
         items = pad_lists(_column(data, s.column), s.max_len, np.int64)
-        items = np.where((items < 0) | (items >= s.vocab_size), 0, items)
+        bad = (items < 0) | (items >= s.vocab_size)
+        if bad.any():
+            _count(out_of_range, s.column, bad.sum())
+            items = np.where(bad, 0, items)
         seq[:, i, : s.max_len] = items
         gaps = pad_lists(_column(data, s.gap_column), s.max_len, np.float32)
         gap[:, i, : s.max_len] = np.where(items > 0, gaps, 0.0)  # padded positions carry no gap
     return torch.from_numpy(seq), torch.from_numpy(gap)
 
 
-def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None) -> dict[str, torch.Tensor]:
+def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None,
+                   out_of_range: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
 
     ``with_labels``: None adds ``label``/``mask`` when every task's columns are present, True
     requires them, False skips them. ``user_id`` is added when present (for gAUC), and is ignored
-    by the models.
+    by the models. ``out_of_range``: a dict that counts ids mapped to 0 per column.
     """
-    cat = categorical_matrix(data, spec)
-    seq, gap = sequence_tensors(data, spec)
+    cat = categorical_matrix(data, spec, out_of_range=out_of_range)
+    seq, gap = sequence_tensors(data, spec, out_of_range)
     batch = {"cat": torch.from_numpy(cat), "seq": seq, "seq_gap": gap}
     has_labels = all(_has_column(data, c) for c in spec.label_columns)
     if with_labels and not has_labels:

@@ -45,18 +45,58 @@ def test_demo_lands_every_table_with_reconciled_counts(spark, demo_lake):
     read = lambda name: spark.read.format("delta").load(str(lake / "tables" / name))  # noqa: E731
     assert read("bronze_log").count() == n_sample
     assert read("examples").count() == n_sample
-    test_days = read("candidates")
+    test_days = read("candidates").where("source = 'logged'")
     n_candidates = test_days.count()
     assert n_candidates == read("bronze_log").where("date >= '2022-05-03'").count() > 0
     scores = read("scores")
     assert sorted(r[0] for r in scores.select("model_name").distinct().collect()) == ["infnet", "mmoe"]
     for model in ("infnet", "mmoe"):
-        assert scores.where(f"model_name = '{model}'").count() == n_candidates
+        assert scores.where(f"model_name = '{model}' AND source = 'logged'").count() == n_candidates
     assert scores.where("score_click < 0 OR score_click > 1 OR score_like IS NULL").count() == 0
     metrics = read("metrics").where("slice = 'all' AND metric = 'auc' AND task = 'click'")
     assert metrics.count() == 2 * 2  # two models x two test dates
     assert read("ab_reports").count() > 0
     assert read("quality_results").where("success = false AND severity = 'critical'").count() == 0
+
+
+def test_demo_ranks_retrieval_candidates_into_recommendations(spark, demo_lake):
+    from pyspark.sql import functions as F
+
+    lake, _, result = demo_lake
+    read = lambda name: spark.read.format("delta").load(str(lake / "tables" / name))  # noqa: E731
+    retrieval = read("candidates").where("source = 'retrieval'")
+    active = read("bronze_log").where("date = '2022-05-03'").select("user_id").distinct().count()
+    requests = retrieval.select("request_id").distinct().count()
+    assert 0 < requests <= active  # one request per user active the day before (fewer: all seen)
+    assert retrieval.groupBy("request_id").count().where("count > 200").count() == 0
+    assert retrieval.where("date != '2022-05-04' OR size(channels) = 0").count() == 0
+    for model in ("infnet", "mmoe"):
+        assert read("scores").where(f"model_name = '{model}' AND source = 'retrieval'").count() == retrieval.count()
+    recs = read("recommendations")
+    per_user = recs.groupBy("model_name", "user_id").agg(F.count(F.lit(1)).alias("n"), F.max("rank").alias("last"),
+                                                         F.countDistinct("video_id").alias("videos"))
+    assert per_user.where("n > 50 OR n != last OR n != videos").count() == 0  # ranks 1..n, each video once
+    assert sorted(r[0] for r in recs.select("model_name").distinct().collect()) == ["infnet", "mmoe"]
+    ordered = recs.where("model_name = 'infnet'").select("user_id", "rank", "objective").toPandas()
+    ordered = ordered.sort_values(["user_id", "rank"])
+    assert (ordered.groupby("user_id")["objective"].diff().dropna() <= 0).all()  # best first
+    lists = read("metrics").where("slice = 'list@50' AND date = '2022-05-04'")
+    names = {r[0] for r in lists.select("model_name").distinct().collect()}
+    assert names == {"infnet", "mmoe", "retrieval_order", "popularity"}
+    recall = {r["model_name"]: r["value"] for r in lists.where("task = 'click' AND metric = 'recall'").collect()}
+    assert all(0 <= v <= 1 for v in recall.values()) and max(recall.values()) > 0
+    assert read("ab_reports").where("slice = 'list@50'").count() > 0
+    assert "ranked lists on 2022-05-04" in result.stdout
+
+
+def test_evaluate_rerun_keeps_the_list_metrics(spark, demo_lake):
+    lake, _, _ = demo_lake
+    lists = lambda: spark.read.format("delta").load(str(lake / "tables" / "metrics")).where(  # noqa: E731
+        "slice = 'list@50' AND model_name = 'infnet'").count()
+    before = lists()
+    result = run_cli("evaluate", "--lake", str(lake), "--model", "infnet", "--date", "2022-05-04")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert lists() == before > 0
 
 
 def test_demo_writes_the_ab_report_and_models(demo_lake):

@@ -139,3 +139,66 @@ def test_spark_packs_requests_and_scores_them_like_flat_rows(spark, store, udf):
     assert out.index.tolist() == sorted(data.column("impression_id").to_pylist())
     assert out["request_id"].tolist() == [f"r{REQUEST_OF_ROW[i]}" for i in order]
     np.testing.assert_allclose(out["score_click"], direct["click"][order], rtol=1e-5, atol=1e-6)
+
+
+class Recorder:
+    """Stands in for a Spark accumulator: what the scorer adds."""
+
+    def __init__(self):
+        self.value = {}
+
+    def add(self, counts):
+        for k, v in counts.items():
+            self.value[k] = self.value.get(k, 0) + v
+
+
+@pytest.mark.parametrize("device, expected_calls", [("cuda:0", [5, 4]), ("cpu", [3, 2, 4])])
+def test_the_model_call_size_follows_the_device(store, monkeypatch, device, expected_calls):
+    """A faked CUDA worker gathers Spark's small batches up to cuda_batch_candidates per call; a CPU
+    worker scores them at cpu_batch_candidates; requests are never split and the scores are equal."""
+    import model.scoring as scoring
+
+    calls = []
+    original = scoring.score_packed_batch
+
+    def recording(predictor, data, *args, **kwargs):
+        calls.append(len(data.column(PACKED_CANDIDATES).flatten()))
+        return original(predictor, data, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "choose_device", lambda requested: device)
+    monkeypatch.setattr(scoring, "get_predictor", lambda root, ref, dev: load_predictor(root, ref))  # the CPU model
+    monkeypatch.setattr(scoring, "score_packed_batch", recording)
+    data = candidate_batch()
+    packed = packed_batch(data)  # one Spark batch per request: 3, 2 and 4 candidates
+    settings = ScoringSettings(layout="packed", cpu_batch_candidates=2, cuda_batch_candidates=5)
+    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "impression_id"], settings)
+    out = pa.Table.from_batches(list(scorer(iter([packed.slice(i, 1) for i in range(3)]))))
+    assert calls == expected_calls
+    assert scoring.batch_candidates_for("cuda", ScoringSettings()) == 65_536  # the GPU default
+    flat = score_record_batch(load_predictor(store, "infnet@1"), data, reuse_user_side=False)
+    np.testing.assert_allclose(out.column("score_click").to_numpy(), flat["click"], rtol=1e-5, atol=1e-6)
+
+
+def test_out_of_range_ids_are_mapped_to_zero_and_counted(store):
+    data = candidate_batch(seed=2)
+    video = SPEC.categorical[[f.name for f in SPEC.categorical].index("video_id")]
+    bad_video = data.column(video.column).to_pylist()
+    bad_video[0], bad_video[4] = video.vocab_size + 3, -1
+    clicks = data.column("seq_click").to_pylist()
+    for row in (0, 1, 2):  # request r0's user side (its rows share it)
+        clicks[row] = [SPEC.sequences[0].vocab_size, *clicks[row][1:]]
+    bad = data.set_column(data.schema.get_field_index(video.column), video.column, pa.array(bad_video, pa.int32()))
+    bad = bad.set_column(bad.schema.get_field_index("seq_click"), "seq_click", pa.array(clicks, pa.list_(pa.int32())))
+    zeroed_video = [0 if v < 0 or v >= video.vocab_size else v for v in bad_video]
+    clean = bad.set_column(bad.schema.get_field_index(video.column), video.column, pa.array(zeroed_video, pa.int32()))
+    clean = clean.set_column(clean.schema.get_field_index("seq_click"), "seq_click",
+                             pa.array([[0 if i >= SPEC.sequences[0].vocab_size else i for i in row] for row in clicks],
+                                      pa.list_(pa.int32())))
+    recorder = Recorder()
+    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "video_id"], ScoringSettings(layout="packed"),
+                               out_of_range=recorder, passthrough_types={"video_id": "bigint"})
+    out = pa.Table.from_batches(list(scorer(iter([packed_batch(bad, ("request_id", "video_id"))]))))
+    assert recorder.value == {video.column: 2, "seq_click": 1}  # r0's user side is converted once
+    assert out.schema.field("video_id").type == pa.int64() and out.column("video_id").to_pylist() == list(range(9))
+    expected = score_record_batch(load_predictor(store, "infnet@1"), clean, reuse_user_side=False)
+    np.testing.assert_allclose(out.column("score_click").to_numpy(), expected["click"], rtol=1e-5, atol=1e-6)

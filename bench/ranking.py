@@ -1,0 +1,125 @@
+"""The nightly ranking job end to end on a lake: build retrieval candidates -> score -> top K -> replay.
+
+Runs the real jobs in one process (one Spark session, as ``make demo`` does) for every user active
+the day before ``--date`` (or ``--max-users`` of them) and prints seconds per stage and candidates
+per second. The lake must hold the bronze tables, ``examples`` (its spec) and a trained model
+(``make demo`` or ``infnet ingest``/``build_features``/``train`` first). Usage::
+
+    .venv/bin/python -m bench.ranking --lake lake --date 2022-05-04                 # all users
+    .venv/bin/python -m bench.ranking --lake lake --date 2022-05-04 --max-users 2000
+    .venv/bin/python -m bench.ranking --lake lake --max-users 500 --compare-featurise
+
+``--compare-featurise`` also times, on the same candidates, the per-key featurisation the score job
+runs (features/candidate_features.py, packed) against the per-row one it replaced
+(``build_features`` on every candidate row, then ``pack_requests``), both written to Spark's
+``noop`` sink, side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True)
+    parser.add_argument("--date", default="2022-05-04")
+    parser.add_argument("--model", default="infnet")
+    parser.add_argument("--max-users", type=int, help="a deterministic sample of users (default: all)")
+    parser.add_argument("--candidates-per-request", type=int, default=200)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--compare-featurise", action="store_true",
+                        help="also time per-key vs per-row featurisation of the same candidates")
+    args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    if "://" not in args.lake:  # the catalog stores locations: a relative path would resolve against the warehouse
+        args.lake = os.path.abspath(args.lake)
+
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table
+    from conf.spark import get_spark
+    from conf.tables import CANDIDATES, RECOMMENDATIONS
+    from jobs import build_candidates, rank, score
+    from jobs.common import ModelRef, pin_model_ref, settings_from_args
+
+    common = ["--lake", args.lake, "--master", args.master]
+    sample = ["--max-users", str(args.max_users)] if args.max_users else []
+    stages = [
+        ("build candidates (retrieval)", build_candidates.main,
+         ["--source", "retrieval", "--date", args.date, "--candidates-per-request", str(args.candidates_per_request),
+          *sample]),
+        ("score", score.main, ["--model", args.model, "--date", args.date, "--source", "retrieval"]),
+        ("top K (rank --no-evaluate)", rank.main, ["--model", args.model, "--date", args.date, "--no-evaluate"]),
+    ]
+    seconds = {}
+    for name, job, flags in stages:
+        t0 = time.perf_counter()
+        rc = job([*flags, *common])
+        seconds[name] = time.perf_counter() - t0
+        if rc != 0:
+            print(f"bench.ranking: stage {name!r} failed (exit {rc})", file=sys.stderr)
+            return rc
+
+    settings = settings_from_args(argparse.Namespace(lake=args.lake, master=args.master))
+    spark = get_spark(settings)
+    model = pin_model_ref(settings, ModelRef(args.model))
+    t0 = time.perf_counter()
+    metrics = rank.evaluate_lists(spark, settings, [model], args.date, "retrieval", settings.ranking.top_k)
+    seconds["replay evaluation"] = time.perf_counter() - t0
+    day = F.col("date") == F.lit(args.date).cast("date")
+    cands = read_table(spark, settings, CANDIDATES).where(day & (F.col("source") == "retrieval"))
+    n_candidates, n_requests = cands.count(), cands.select("request_id").distinct().count()
+    n_listed = read_table(spark, settings, RECOMMENDATIONS).where(
+        day & (F.col("model_name") == model.name) & (F.col("model_version") == model.version)).count()
+
+    print(f"\nranking job for {args.date}, {model}, {args.master}: {n_requests:,} requests, {n_candidates:,} candidates, "
+          f"{n_listed:,} list entries")
+    total = sum(seconds.values())
+    for name, s in seconds.items():
+        print(f"  {name:<30} {s:8.1f} s   {n_candidates / s:>10,.0f} candidates/s")
+    print(f"  {'total':<30} {total:8.1f} s   {n_candidates / total:>10,.0f} candidates/s")
+    if metrics is not None:
+        rank.print_list_metrics(metrics, settings.ranking.top_k)
+    if args.compare_featurise:
+        compare_featurise(spark, settings, cands, n_candidates)
+    return 0
+
+
+def compare_featurise(spark, settings, candidates, n_candidates: int) -> None:
+    """Seconds of per-key (the score job) vs per-row (build_features + pack_requests) features."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table
+    from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
+    from features.candidate_features import PASSTHROUGH, featurise_candidates
+    from features.candidates import pack_requests
+    from features.examples import build_features, build_spec
+
+    last = candidates.agg(F.max("request_time_ms"), F.max("date")).first()
+    events = read_table(spark, settings, BRONZE_LOG).where(
+        (F.col("date") <= F.lit(last[1])) & (F.col("time_ms") < F.lit(int(last[0]))))
+    dims = [read_table(spark, settings, t) for t in (BRONZE_USERS, BRONZE_VIDEOS, BRONZE_HISTORY)]
+    spec = build_spec(settings)
+
+    def per_key():
+        return featurise_candidates(candidates, events, *dims, settings).packed(PASSTHROUGH)
+
+    def per_row():
+        rows = build_features(candidates.withColumnRenamed("request_time_ms", "time_ms"), events, *dims, settings)
+        return pack_requests(rows.select(*PASSTHROUGH, *spec.feature_columns), spec, PASSTHROUGH)
+
+    seconds = {}
+    for name, build in (("per key (infnet score)", per_key), ("per row (build_features)", per_row)):
+        t0 = time.perf_counter()
+        build().write.format("noop").mode("overwrite").save()
+        seconds[name] = time.perf_counter() - t0
+    key, row = seconds["per key (infnet score)"], seconds["per row (build_features)"]
+    print(f"\nfeaturise {n_candidates:,} candidates, packed per request: per key {key:.1f} s, per row {row:.1f} s "
+          f"-> per key {row / key:.2f}x faster")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
