@@ -112,7 +112,8 @@ def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, see
         start = time.perf_counter()
         out = build_and_train(model_name, spec, train, valid, test, config, model_config, builder=builder)
         m = out.metrics
-        run = {"seed": seed, "test": m["test"], "valid_mtl_auc": m["valid"]["mtl_auc"], "parameters": m["parameters"],
+        run = {"seed": seed, "test": m["test"], "valid": m["valid"], "valid_mtl_auc": m["valid"]["mtl_auc"],
+               "parameters": m["parameters"], "task_weights": m["task_weights"], "lr": config.lr,
                "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
                "train_examples_per_s": m["train_examples_per_s"], "seconds": time.perf_counter() - start,
                "ms_per_1000": ms_per_1000(out.model, data["test"])}
@@ -146,7 +147,7 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
     task_index = {t.name: i for i, t in enumerate(spec.tasks)}
     result = ArmResult("lightgbm", note=f"{len(names)} features: categorical fields ({len(categorical)} as categorical) + sequence lengths")
     for seed in seeds:
-        run = {"seed": seed, "test": {}, "parameters": None, "train_examples_per_s": None}
+        run = {"seed": seed, "test": {}, "valid": {}, "parameters": None, "train_examples_per_s": None}
         start = time.perf_counter()
         preds_time = 0.0
         aucs = []
@@ -170,7 +171,11 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
             auc = float(auc_np(y, p))
             run["test"][task] = {"auc": auc, "gauc": float(gauc_np(users, y, p).value)}
             aucs.append(auc)
+            pv = booster.predict(x["valid"][masks["valid"]], num_iteration=booster.best_iteration)
+            yv, uv = labels["valid"][masks["valid"]], data["valid"]["user_id"].numpy()[masks["valid"]]
+            run["valid"][task] = {"auc": float(auc_np(yv, pv)), "gauc": float(gauc_np(uv, yv, pv).value)}
         run["test"]["mtl_auc"] = float(np.mean(aucs))
+        run["valid"]["mtl_auc"] = float(np.mean([run["valid"][t]["auc"] for t in TASKS]))
         run["seconds"] = time.perf_counter() - start
         run["ms_per_1000"] = preds_time / len(x["test"]) * 1e6  # three boosters, one per task
         print(f"  lightgbm seed {seed}: test mean AUC {run['test']['mtl_auc']:.4f} ({run['seconds']:.0f} s)", flush=True)
@@ -209,7 +214,8 @@ def _mean_std(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def render_table(arms: list[ArmResult]) -> str:
+def render_table(arms: list[ArmResult], split: str = "test") -> str:
+    """Mean ± std over seeds of ``split`` ("test", or "valid": the day choices are made on)."""
     head = (["model"] + [f"{t} AUC" for t in TASKS] + [f"{t} gAUC" for t in TASKS]
             + ["MTL AUC", "params", "ms / 1k ex", "train ex/s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -219,9 +225,13 @@ def render_table(arms: list[ArmResult]) -> str:
             continue
         r = arm.runs
         cells = [arm.arm]
-        cells += [_mean_std([x["test"][t]["auc"] for x in r]) for t in TASKS]
-        cells += [_mean_std([x["test"][t]["gauc"] for x in r]) for t in TASKS]
-        cells.append(_mean_std([x["test"]["mtl_auc"] for x in r]))
+        r = [x for x in r if x.get(split)]
+        if not r:
+            lines.append("| " + arm.arm + " | " + " | ".join(["–"] * (len(head) - 1)) + " |")
+            continue
+        cells += [_mean_std([x[split][t]["auc"] for x in r]) for t in TASKS]
+        cells += [_mean_std([x[split][t]["gauc"] for x in r]) for t in TASKS]
+        cells.append(_mean_std([x[split]["mtl_auc"] for x in r]))
         cells.append(f"{r[0]['parameters']:,}" if r[0].get("parameters") else "–")
         cells.append(_mean_std([x["ms_per_1000"] for x in r], 1))
         eps = [x["train_examples_per_s"] for x in r if x.get("train_examples_per_s")]
@@ -234,7 +244,8 @@ def render_table(arms: list[ArmResult]) -> str:
 def render_report(arms, header: dict[str, Any]) -> str:
     lines = ["# Accuracy on the bundled KuaiRand days", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", render_table(arms), "",
+    lines += ["", "Test days:", "", render_table(arms), "", "Valid day (what choices are made on):", "",
+              render_table(arms, "valid"), "",
               "INFNet.md bar (LightGBM, 65 point-in-time features, trained ..05-02): test AUC click .7353, "
               "like .8304, long_view .7331, mean .7663 (gAUC .6330 / .6291 / .6515).", ""]
     return "\n".join(lines)
@@ -262,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
                    help="loss weight, every arm alike (repeatable); default: model.train.DEFAULT_TASK_WEIGHTS "
                         "(like 10, chosen on the valid day), 1 for the other tasks")
+    p.add_argument("--gradnorm", action="store_true", help="GradNorm task weights (starting from the loss weights)")
     p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
                    help="model config override, e.g. infnet.d=64 (repeatable)")
     p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
@@ -269,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", action="store_true", help="also train torch-rechub's MMoE and PLE on the same "
                    "features (bench/external.py)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
+    p.add_argument("--label", default="", help="appended to every arm's name (variants of one arm in one table)")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
     return p
 
@@ -324,7 +337,7 @@ def main(argv=None) -> int:
     except ValueError as err:  # a weight for a task the spec lacks
         raise SystemExit(str(err)) from None
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-                               embedding_lr=args.embedding_lr, task_weights=task_weights,
+                               embedding_lr=args.embedding_lr, task_weights=task_weights, gradnorm=args.gradnorm,
                                progress=False, num_threads=args.threads)
     header = {
         "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -332,7 +345,8 @@ def main(argv=None) -> int:
         "split": f"train {TRAIN}, valid {VALID} (early stopping, taken out of train), test {TEST}",
         "training": f"Adam lr {args.lr}" + (f" (embedding tables {args.embedding_lr})" if args.embedding_lr is not None else "")
                     + f", batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
-                    f"(mean valid AUC), loss weights {task_weights} (others 1), seeds {seeds}, "
+                    f"(mean valid AUC), loss weights {task_weights} (others 1){' learned by GradNorm' if args.gradnorm else ''}, "
+                    f"seeds {seeds}, "
                     f"registry default configs {overrides or ''}",
         "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
                    f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
@@ -354,12 +368,15 @@ def main(argv=None) -> int:
     for name in names:
         model_name, config = (("infnet", dict(ABLATIONS[name])) if name in ABLATIONS else (name, {}))
         config.update(overrides.get(name, {}))
-        print(name, flush=True)
-        arms.append(run_torch_arm(name, model_name, config, spec, data, seeds, train_config))
+        arm = f"{name} {args.label}".strip()
+        print(arm, flush=True)
+        arms.append(run_torch_arm(arm, model_name, config, spec, data, seeds, train_config))
         flush()
     if args.external:
         arms.extend(run_external_arms(spec, data, seeds, train_config))
         flush()
+    print()
+    print(render_table(arms, "valid"))
     print()
     print(render_table(arms))
     print(f"\nwritten to {out}")

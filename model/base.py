@@ -96,6 +96,14 @@ class RankingModel(nn.Module):
         user tensors (INFNet's sequence keys) overrides this to read them once per user."""
         return self.score(cat, take_user_rows(user_state, user_index))
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last layer every task's loss flows through, on which GradNorm measures each task's
+        gradient norm (Chen et al. 2018). Default: the last ``nn.Linear`` registered outside the
+        task towers (``towers`` / ``heads``); models whose registration order says otherwise override it."""
+        linears = [m for name, m in self.named_modules()
+                   if isinstance(m, nn.Linear) and not name.startswith(("towers", "heads"))]
+        return list(linears[-1].parameters()) if linears else []
+
     def n_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

@@ -92,6 +92,10 @@ class INFNetConfig:
     seq_proxy_pooling: Literal["sum", "mean"] = "sum"  # S~ rows: masked sum (spec) | mean
     gap_signal: GapSignal = "mlp"  # learned projection of log1p(gap) added to sequence tokens | "none"
     gate_source: Literal["layer", "updated"] = "layer"  # PGU reads the layer-l proxy | the updated one
+    # where the residual of a PGU sits: "gate" = LN(X + X * g) (the gate only scales by 1 + g in [1, 2],
+    # it cannot suppress); "update" = around the whole update, the gate multiplying what is new:
+    # T' = LN(T + g * (CA(T, C) + CA(T, S))), and C' = LN(C * g), S' = LN(S * g) (their update is the gate)
+    pgu_residual: Literal["gate", "update"] = "gate"
     residual: bool = True  # x + f(x) around each update
     layernorm: bool = True  # LayerNorm after each update
     gate_hidden: int = 64  # hidden width of the PGU's MLP(Flatten(X~))
@@ -110,6 +114,8 @@ class INFNetConfig:
             raise ValueError("n_blocks, n_cat_proxies and n_shared_task_tokens must be >= 1")
         if self.gate_source not in ("layer", "updated"):
             raise ValueError(f"gate_source must be 'layer' or 'updated', not {self.gate_source!r}")
+        if self.pgu_residual not in ("gate", "update"):
+            raise ValueError(f"pgu_residual must be 'gate' or 'update', not {self.pgu_residual!r}")
         if self.seq_proxy_pooling not in ("sum", "mean"):
             raise ValueError(f"seq_proxy_pooling must be 'sum' or 'mean', not {self.seq_proxy_pooling!r}")
 
@@ -183,7 +189,7 @@ class INFNetBlock(nn.Module):
 
         norms = [x for x in ("Cp", "Sp", "Tp", "C", "S") if x in self.computes]
         if "T" in self.computes:
-            norms += ["T_hat"] + (["T"] if cfg.use_pgu else [])
+            norms += ["T"] if cfg.use_pgu and cfg.pgu_residual == "update" else ["T_hat"] + (["T"] if cfg.use_pgu else [])
         self.norms = nn.ModuleDict({x: nn.LayerNorm(d) if cfg.layernorm else nn.Identity() for x in norms})
         proxy_tokens = {"C": cfg.n_cat_proxies, "S": n_seq_types, "T": cfg.n_shared_task_tokens}
         self.gates = nn.ModuleDict({x: MLP(proxy_tokens[x] * d, (cfg.gate_hidden,), d)
@@ -195,15 +201,25 @@ class INFNetBlock(nn.Module):
         f = self.drop(f)
         return self.norms[stream](x + f if self.cfg.residual else f)
 
+    def _gate(self, stream: str, proxy: Tensor) -> Tensor:
+        """``sigmoid(MLP(Flatten(proxy)))`` as ``[B, 1, d]``: one d-wide gate per example, broadcast over tokens."""
+        return torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
+
     def _pgu(self, stream: str, x: Tensor, proxy: Tensor) -> Tensor:
-        """``x * sigmoid(MLP(Flatten(proxy)))``: one d-wide gate per example, broadcast over tokens."""
-        return x * torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
+        """``PGU(X, X~) = X * sigmoid(MLP(Flatten(X~)))``."""
+        return x * self._gate(stream, proxy)
+
+    def _gated(self, stream: str, x: Tensor, proxy: Tensor) -> Tensor:
+        """``C' = PGU(C, C~)`` (or ``S'``) with the configured residual: ``LN(X + X * g)`` or ``LN(X * g)``."""
+        if self.cfg.pgu_residual == "update":
+            return self.norms[stream](self._pgu(stream, x, proxy))
+        return self._update(stream, x, self._pgu(stream, x, proxy))
 
     def update_seq(self, seq_tokens: Tensor, seq_proxy: Tensor, seq_mask: Tensor) -> Tensor:
         """``S' = PGU(S, S~)`` (identity when this block passes ``S`` through); padding stays zero."""
         if "S" not in self.computes:
             return seq_tokens
-        out = self._update("S", seq_tokens, self._pgu("S", seq_tokens, seq_proxy))
+        out = self._gated("S", seq_tokens, seq_proxy)
         return out * seq_mask.unsqueeze(-1).to(out.dtype)
 
     # -- the block -----------------------------------------------------------------------------
@@ -234,12 +250,18 @@ class INFNetBlock(nn.Module):
                 out[proxy] = self._update(proxy, st[proxy], flow(proxy, st[proxy]))
         gate_from = st if self.cfg.gate_source == "layer" else out
         if "C" in self.computes:
-            out["C"] = self._update("C", C, self._pgu("C", C, gate_from["Cp"]))
+            out["C"] = self._gated("C", C, gate_from["Cp"])
         if "S" in self.computes and update_seq:
             out["S"] = self.update_seq(S, gate_from["Sp"], smask)
         if "T" in self.computes:
-            t_hat = self._update("T_hat", T, flow("T", T))
-            out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"])) if self.cfg.use_pgu else t_hat
+            attended_t = flow("T", T)
+            if not self.cfg.use_pgu:
+                out["T"] = self._update("T_hat", T, attended_t)
+            elif self.cfg.pgu_residual == "update":  # T' = LN(T + g * (CA(T, C) + CA(T, S)))
+                out["T"] = self._update("T", T, attended_t * self._gate("T", gate_from["Tp"]))
+            else:  # T^ = LN(T + CA(T, C) + CA(T, S)), T' = LN(T^ + T^ * g)
+                t_hat = self._update("T_hat", T, attended_t)
+                out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"]))
         return out
 
 
@@ -287,6 +309,12 @@ class INFNet(RankingModel):
                 break
             n_user += 1
         self.n_user_blocks = n_user
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """``W_V`` of the last block's task-token attentions: shared by every task token, the last
+        shared weights before the per-task heads (GradNorm measures task gradients there)."""
+        last = self.blocks[-1].ca
+        return [last[n].v_proj.weight for n in ("t_c", "t_s") if n in last] or super().last_shared_parameters()
 
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
         """User fields' embeddings (``cat_user``), the sequence mask, ``S~`` of layer 0

@@ -68,6 +68,14 @@ class MLP(nn.Sequential):
         self.out_dim = width
 
 
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` registered in ``module`` (an MLP's output layer)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no Linear layer")
+    return linears[-1]
+
+
 class TaskTowers(nn.Module):
     """One MLP tower per task, each ending in one output (a logit or a raw regression value).
 

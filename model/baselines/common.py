@@ -38,9 +38,10 @@ class PooledInputModel(RankingModel):
     """Base of the baselines reading ``[B, M + F, embed_dim]`` field embeddings; subclasses
     implement :meth:`predict`."""
 
-    def __init__(self, spec: FeatureSpec, config: BaselineConfig):
+    def __init__(self, spec: FeatureSpec, config: BaselineConfig, field_width: int | None = None):
+        """``field_width``: width of every field embedding (default ``config.embed_dim``)."""
         super().__init__(spec, config)
-        e = config.embed_dim
+        e = self.field_width = field_width or config.embed_dim
         self.cat_embedding = CategoricalEmbedding(spec.categorical, e, config.cat_table_width)
         self.seq_embedding = SequenceEmbedding(spec.sequences, e, config.gap_signal) if spec.sequences else None
         self.n_fields = len(spec.categorical) + len(spec.sequences)
@@ -49,7 +50,7 @@ class PooledInputModel(RankingModel):
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
         cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
         if self.seq_embedding is None:
-            pooled = cat_user.new_zeros((cat_user.shape[0], 0, self.config.embed_dim))
+            pooled = cat_user.new_zeros((cat_user.shape[0], 0, self.field_width))
         else:
             tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])
             pooled = masked_mean(tokens, mask, dim=2)  # [U, F, e]

@@ -24,6 +24,10 @@ SMALL = dict(d=16, cat_proxy_hidden=32, gate_hidden=16, head_hidden=(16,), dropo
 VARIANTS = {
     "default": {},
     "gate_updated": {"gate_source": "updated"},
+    "gate_layer": {"gate_source": "layer"},
+    "pgu_residual_update": {"pgu_residual": "update"},
+    "pgu_residual_gate": {"pgu_residual": "gate"},
+    "updated_pgu_update_3_blocks": {"gate_source": "updated", "pgu_residual": "update", "n_blocks": 3},
     "three_blocks": {"n_blocks": 3},
     "one_block": {"n_blocks": 1},
     "no_residual_no_layernorm": {"residual": False, "layernorm": False},
