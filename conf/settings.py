@@ -113,6 +113,9 @@ class FeatureSettings:
     # Stats smoothing: rate = (positives + prior * strength) / (count + strength)
     rate_prior_strength: float = 20.0
     rate_buckets: int = 20
+    # An event's labels (like, long view, play time) are known when its playback ends: later rows see
+    # the event from time_ms + play_time_ms on (sequences and statistics). False: from time_ms (a leak).
+    label_delay: bool = True
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ SPEC_FINGERPRINT_KEY = "feature_spec_fingerprint"
 SPEC_PROPERTY = "infnet.feature_spec_fingerprint"
 QUERY_COLUMNS = ("user_id", "video_id", "time_ms")  # required on query rows (tab, date optional)
 EVENT_COLUMNS = ("user_id", "video_id", "time_ms", "is_click", "long_view", "is_like")
+VISIBLE_COL = "_visible_ms"  # when an event's labels become known (FeatureSettings.label_delay)
 
 
 def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
@@ -54,6 +55,7 @@ def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
         tasks=TASKS,
         hash_seed=fs.hash_seed,
         sequence_order="newest_first",
+        options=feature_options(fs),
         extra={
             "hash": "1 + pmod(xxhash64(seed, field_name, cast(value as string)), vocab - 1); 0 = null/unseen",
             "time_zone": f"UTC+{LOCAL_TZ_OFFSET_MS // 3_600_000} for hour/weekday",
@@ -62,10 +64,21 @@ def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
             "rate": f"(pos + prior * {fs.rate_prior_strength}) / (n + {fs.rate_prior_strength}), "
                     f"bucketed evenly in logit over {list(LOGIT_RANGE)}",
             "rate_priors": RATE_PRIORS,
-            "point_in_time": "events with time_ms strictly less than the row's time_ms",
+            "point_in_time": ("events visible strictly before the row's time_ms; an event is visible from "
+                              + ("time_ms + play_time_ms (its labels are known when playback ends)"
+                                 if fs.label_delay else "its time_ms")),
             "sequence_gap": "log1p(seconds to the row); history items use history.last_time_ms",
         },
     )
+
+
+def feature_options(fs: FeatureSettings) -> dict:
+    """The spec's ``options``: feature-code choices a model depends on, each only when it differs
+    from what the first stored specs did (so those keep their fingerprint)."""
+    options = {}
+    if fs.label_delay:
+        options["label_visibility"] = "end"
+    return options
 
 
 def example_columns(spec: FeatureSpec) -> list[str]:
@@ -90,26 +103,28 @@ def build_features(
 
     ``queries``: rows to featurise, at least ``user_id, video_id, time_ms`` (plus ``tab``; any other
     column, e.g. ``impression_id`` / ``request_id`` / ``date`` / labels, is passed through).
-    ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``).
+    ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``, and
+    ``play_time_ms`` with ``label_delay``: an event is visible from ``time_ms + play_time_ms`` on).
     ``users`` / ``videos`` / ``history``: the bronze dimension tables.
     Returns the query columns followed by every feature column of :func:`build_spec`, in order.
     """
     fs = _fs(settings)
     _require(queries, QUERY_COLUMNS, "queries")
-    _require(events, EVENT_COLUMNS, "events")
+    _require(events, EVENT_COLUMNS + (("play_time_ms",) if fs.label_delay else ()), "events")
     if "tab" not in queries.columns:
         queries = queries.withColumn("tab", F.lit(None).cast("int"))
     passthrough = list(queries.columns)
-    ev = events.select(*EVENT_COLUMNS)
+    visible = (F.col("time_ms") + F.coalesce(F.col("play_time_ms"), F.lit(0))) if fs.label_delay else F.col("time_ms")
+    ev = events.select(*EVENT_COLUMNS, visible.cast("long").alias(VISIBLE_COL))
     ev_author = ev.join(
         videos.select(F.col("video_id").alias("_e_video_id"), F.col("author_id").alias("_e_author_id")),
         F.col("video_id") == F.col("_e_video_id"), "left",
     ).drop("_e_video_id")
     rows = add_categorical(queries, users, videos, fs)
-    rows = add_entity_stats(rows, ev, "video_id", "video", fs)
-    rows = add_entity_stats(rows, ev_author, AUTHOR_COL, "author", fs, event_key="_e_author_id")
-    rows = add_entity_stats(rows, ev, "user_id", "user", fs)
-    rows = add_sequences(rows, ev, history, fs)
+    rows = add_entity_stats(rows, ev, "video_id", "video", fs, event_time=VISIBLE_COL)
+    rows = add_entity_stats(rows, ev_author, AUTHOR_COL, "author", fs, event_key="_e_author_id", event_time=VISIBLE_COL)
+    rows = add_entity_stats(rows, ev, "user_id", "user", fs, event_time=VISIBLE_COL)
+    rows = add_sequences(rows, ev, history, fs, event_time=VISIBLE_COL)
     spec = build_spec(fs)
     return rows.select(*passthrough, *spec.feature_columns)
 

@@ -2,7 +2,9 @@
 
 For each behaviour (click, long_view, like) and query row: ``seq_<b>`` = hashed video ids of the
 user's earlier events with that label = 1, **newest first**, at most ``seq_len``; ``seq_<b>_gap`` =
-``log1p(seconds from the event to the query)`` in the same order. After the in-window events come
+``log1p(seconds from the event to the query)`` in the same order. "Earlier" and "the event's time"
+mean when the event became visible: with ``FeatureSettings.label_delay`` (the default) an event's
+label is known when its playback ends, ``time_ms + play_time_ms``, not when it started. After the in-window events come
 the pre-window history items (``bronze_history``, stored oldest first, so reversed), whose gap is
 taken from the history's ``last_time_ms``; history is only used when ``last_time_ms`` is strictly
 before the query, so the strict cut holds for it too.
@@ -55,11 +57,12 @@ def gap(query_ms: Column, event_ms: Column) -> Column:
     return F.log1p(seconds).cast("float")
 
 
-def positive_events(events: DataFrame, fs: FeatureSettings) -> DataFrame:
-    """One row per (event, behaviour it is positive for): user_id, time_ms, _item, _beh."""
+def positive_events(events: DataFrame, fs: FeatureSettings, event_time: str = "time_ms") -> DataFrame:
+    """One row per (event, behaviour it is positive for): user_id, time_ms (= ``event_time``, when
+    the event becomes visible), _item, _beh."""
     tags = F.array(*[F.when(F.col(label) == 1, F.lit(b)) for b, (label, _) in BEHAVIOURS.items()])
     return (
-        events.select("user_id", "time_ms", item_bucket(F.col("video_id"), fs).alias("_item"),
+        events.select("user_id", F.col(event_time).alias("time_ms"), item_bucket(F.col("video_id"), fs).alias("_item"),
                       F.filter(tags, lambda t: t.isNotNull()).alias("_tags"))
         .where(F.size("_tags") > 0)
         .select("user_id", "time_ms", "_item", F.explode("_tags").alias(BEH_COL))
@@ -75,10 +78,15 @@ def _history_items(history: DataFrame, fs: FeatureSettings) -> DataFrame:
     return history.select(F.col("user_id").alias("_h_user_id"), F.col("last_time_ms").alias("_h_time"), *cols)
 
 
-def add_sequences(queries: DataFrame, events: DataFrame, history: DataFrame, fs: FeatureSettings) -> DataFrame:
-    """Query rows + ``seq_<b>`` (array<int>) and ``seq_<b>_gap`` (array<float>) per behaviour."""
+def add_sequences(queries: DataFrame, events: DataFrame, history: DataFrame, fs: FeatureSettings,
+                  event_time: str = "time_ms") -> DataFrame:
+    """Query rows + ``seq_<b>`` (array<int>) and ``seq_<b>_gap`` (array<float>) per behaviour.
+
+    ``event_time``: the events' column holding when an event becomes visible (default its start;
+    the featuriser passes its end, ``time_ms + play_time_ms``: a positive label is only known then).
+    Order and gaps use that moment."""
     n = fs.seq_len
-    timeline = point_in_time_union(queries, positive_events(events, fs)).repartition("user_id")
+    timeline = point_in_time_union(queries, positive_events(events, fs, event_time)).repartition("user_id")
     # window A: last N positives up to and including each event, per (user, behaviour)
     per_behaviour = Window.partitionBy("user_id", BEH_COL).orderBy("time_ms", KIND_COL, "_item")
     item = F.when(F.col(KIND_COL) == EVENT, F.struct(F.col("time_ms").alias("t"), F.col("_item").alias("i")))

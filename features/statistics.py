@@ -4,8 +4,11 @@ For every query row and entity (user / video / author): the number of earlier im
 smoothed click / long_view / like rates, ``(positives + prior * strength) / (count + strength)``,
 bucketised into categorical tokens (``cat_<entity>_n_prior``, ``cat_<entity>_<task>_rate``).
 
-"Earlier" is the cut every feature of this package uses: events with ``time_ms`` **strictly less**
-than the query's. It is computed in one pass per entity: queries and events are unioned into one
+"Earlier" is the cut every feature of this package uses: events **visible** strictly before the
+query's ``time_ms``. An event is visible from ``event_time`` on: its labels are only known when its
+playback ends, so the featuriser passes ``time_ms + play_time_ms`` (``FeatureSettings.label_delay``);
+the whole event moves (its impression count with its labels), so every rate is a rate over finished
+impressions. It is computed in one pass per entity: queries and events are unioned into one
 timeline per entity key, sorted by ``(time_ms, kind)`` with queries (kind 0) *before* events (kind 1)
 of the same millisecond, and running sums over that order count exactly the events strictly
 before each query. No join explodes per user, and a heavy user costs linear time.
@@ -74,16 +77,18 @@ def smoothed_rate(positives: Column, count: Column, prior: float, strength: floa
 
 def add_entity_stats(
     queries: DataFrame, events: DataFrame, key: str, entity: str, fs: FeatureSettings,
-    event_key: str | None = None,
+    event_key: str | None = None, event_time: str = "time_ms",
 ) -> DataFrame:
     """Query rows + ``cat_<entity>_n_prior`` and ``cat_<entity>_<task>_rate`` columns.
 
     ``key`` names the entity column on the query rows, ``event_key`` on the events (default the
-    same). Query rows whose key is null get bucket 0 everywhere.
+    same), ``event_time`` the events' column holding the moment the event becomes visible (default
+    its start ``time_ms``). Query rows whose key is null get bucket 0 everywhere.
     """
     event_key = event_key or key
     ev = events.where(F.col(event_key).isNotNull()).select(
-        F.col(event_key).alias(key), "time_ms", *[F.col(c).cast("int").alias(f"_s_{t}") for t, c in STAT_LABELS.items()])
+        F.col(event_key).alias(key), F.col(event_time).alias("time_ms"),
+        *[F.col(c).cast("int").alias(f"_s_{t}") for t, c in STAT_LABELS.items()])
     earlier = (Window.partitionBy(key).orderBy("time_ms", KIND_COL)
                .rowsBetween(Window.unboundedPreceding, Window.currentRow))
     # null keys stay in the timeline (no event shares them) so the query lineage is used once
