@@ -81,6 +81,27 @@ def load_splits(lake: str, version: int | None, splits: dict[str, list[str]]):
     return spec, version, {s: load_tensors(snap, spec) for s, snap in snapshots.items()}
 
 
+def load_splits_cached(lake: str, version: int | None, splits: dict[str, list[str]], cache_dir: str | None):
+    """:func:`load_splits`, kept in ``cache_dir`` (one file per lake, examples version and split) when
+    the version is pinned: a Delta version never changes, so reruns skip Spark."""
+    if not cache_dir or version is None:
+        return load_splits(lake, version, splits)
+    import hashlib
+
+    from features.spec import FeatureSpec
+
+    key = hashlib.sha256(json.dumps([str(Path(lake).resolve()), version, splits], sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"examples_v{version}_{key}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        return FeatureSpec.from_json(saved["spec"]), version, saved["data"]
+    spec, version, data = load_splits(lake, version, splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"spec": spec.to_json(), "data": data}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").rename(path)
+    return spec, version, data
+
+
 # ---------------------------------------------------------------------------------------------
 # Arms
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", action="store_true", help="also train torch-rechub's MMoE and PLE on the same "
                    "features (bench/external.py)")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
+    p.add_argument("--tensor-cache", metavar="DIR", help="keep the loaded examples (pinned --examples-version) "
+                   "as tensors in DIR, so that later runs skip Spark")
     p.add_argument("--label", default="", help="appended to every arm's name (variants of one arm in one table)")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
     return p
@@ -325,7 +348,7 @@ def main(argv=None) -> int:
 
     splits = {"train": parse_dates(TRAIN), "valid": parse_dates(VALID), "test": parse_dates(TEST)}
     t0 = time.perf_counter()
-    spec, version, data = load_splits(args.lake, args.examples_version, splits)
+    spec, version, data = load_splits_cached(args.lake, args.examples_version, splits, args.tensor_cache)
     rows = {s: len(t["cat"]) for s, t in data.items()}
     print(f"examples@{version}: {rows} rows, {len(spec.categorical)} categorical fields, "
           f"{len(spec.sequences)} sequences of {[s.max_len for s in spec.sequences]} "

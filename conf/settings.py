@@ -116,6 +116,10 @@ class FeatureSettings:
     # An event's labels (like, long view, play time) are known when its playback ends: later rows see
     # the event from time_ms + play_time_ms on (sequences and statistics). False: from time_ms (a leak).
     label_delay: bool = True
+    # Ids of user_id / video_id / author_id / music_id map through an exact vocabulary built from bronze
+    # (features/vocabulary.py) when a field has at most this many ids (+ the reserved 0); larger fields,
+    # and every field when 0, hash into the bucket counts above.
+    exact_vocab_max_size: int = 1_000_000
 
 
 @dataclass(frozen=True)

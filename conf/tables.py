@@ -28,6 +28,7 @@ QUARANTINE = TableDef(
 )
 INGEST_AUDIT = TableDef("ingest_audit", ("run_id", "table_name"), (), "rows read = landed + quarantined, per run")
 EXAMPLES = TableDef("examples", ("impression_id",), ("date",), "one row per impression: features + labels")
+VOCABULARY = TableDef("vocabulary", ("field", "value"), (), "exact id -> index of the id fields (features/vocabulary.py)")
 # impression_id is part of the key: a logged request can show one video twice (null when unlogged)
 CANDIDATES = TableDef("candidates", ("request_id", "video_id", "impression_id"), ("date",), "candidate sets to score")
 SCORES = TableDef(
@@ -47,7 +48,7 @@ QUALITY_RESULTS = TableDef("quality_results", ("run_id", "table_name", "expectat
 
 ALL_TABLES = (
     BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, BRONZE_HISTORY, QUARANTINE, INGEST_AUDIT,
-    EXAMPLES, CANDIDATES, SCORES, METRICS, AB_REPORTS, QUALITY_RESULTS,
+    EXAMPLES, VOCABULARY, CANDIDATES, SCORES, METRICS, AB_REPORTS, QUALITY_RESULTS,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from features.labels import TASKS, label_columns
 from features.sequences import add_sequences, sequence_fields
 from features.spec import FeatureSpec
 from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, stat_fields
+from features.vocabulary import Vocabulary
 
 SPEC_FINGERPRINT_KEY = "feature_spec_fingerprint"
 SPEC_PROPERTY = "infnet.feature_spec_fingerprint"
@@ -46,18 +47,21 @@ def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
     return settings.features if isinstance(settings, Settings) else settings
 
 
-def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
-    """The feature spec for these settings (fields in column order), no data needed."""
+def build_spec(settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> FeatureSpec:
+    """The feature spec for these settings (fields in column order): no data needed but the exact id
+    vocabulary's sizes and version when there is one (without it every id field is described hashed)."""
     fs = _fs(settings)
     return FeatureSpec(
-        categorical=categorical_fields(fs) + stat_fields(fs),
-        sequences=sequence_fields(fs),
+        categorical=categorical_fields(fs, vocabulary) + stat_fields(fs),
+        sequences=sequence_fields(fs, vocabulary),
         tasks=TASKS,
         hash_seed=fs.hash_seed,
         sequence_order="newest_first",
-        options=feature_options(fs),
+        options=feature_options(fs, vocabulary),
         extra={
             "hash": "1 + pmod(xxhash64(seed, field_name, cast(value as string)), vocab - 1); 0 = null/unseen",
+            "vocabulary": ("fields with `vocabulary` set: index 1..n in the vocabulary table at "
+                           "options.vocabulary_version (ids sorted by value); 0 = null or first seen after it was built"),
             "time_zone": f"UTC+{LOCAL_TZ_OFFSET_MS // 3_600_000} for hour/weekday",
             "duration_edges_s": list(DURATION_EDGES_S),
             "count_buckets": f"1 + floor(log2(1 + n)) capped at {COUNT_BUCKETS - 1}",
@@ -72,13 +76,32 @@ def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
     )
 
 
-def feature_options(fs: FeatureSettings) -> dict:
+def feature_options(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -> dict:
     """The spec's ``options``: feature-code choices a model depends on, each only when it differs
     from what the first stored specs did (so those keep their fingerprint)."""
     options = {}
     if fs.label_delay:
         options["label_visibility"] = "end"
+    if vocabulary is not None and vocabulary.sizes:
+        options["vocabulary_version"] = vocabulary.version
     return options
+
+
+def featuriser_vocabulary(spark: SparkSession, settings: Settings | FeatureSettings,
+                          vocabulary: Vocabulary | None) -> Vocabulary | None:
+    """The vocabulary the featuriser uses: the one given, else (exact ids on, full settings) the
+    lake's current ``vocabulary`` table, the one the current examples were built with."""
+    fs = _fs(settings)
+    if vocabulary is not None or fs.exact_vocab_max_size <= 0 or not isinstance(settings, Settings):
+        return vocabulary
+    from features.vocabulary import VOCABULARY_TABLE, load_vocabulary
+
+    path = settings.lake.table_path(VOCABULARY_TABLE)
+    try:
+        return load_vocabulary(spark, path)
+    except Exception as err:  # noqa: BLE001 - a missing Delta table raises an AnalysisException
+        raise ValueError(f"exact id vocabularies are on but {path} cannot be read ({type(err).__name__}): "
+                         "run `infnet build_features` (a full rebuild writes it)") from None
 
 
 def example_columns(spec: FeatureSpec) -> list[str]:
@@ -98,6 +121,7 @@ def build_features(
     videos: DataFrame,
     history: DataFrame,
     settings: Settings | FeatureSettings,
+    vocabulary: Vocabulary | None = None,
 ) -> DataFrame:
     """Featurise ``queries`` from what happened strictly before each row's ``time_ms``.
 
@@ -106,9 +130,12 @@ def build_features(
     ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``, and
     ``play_time_ms`` with ``label_delay``: an event is visible from ``time_ms + play_time_ms`` on).
     ``users`` / ``videos`` / ``history``: the bronze dimension tables.
+    ``vocabulary``: the exact id vocabulary; by default (exact ids on) the lake's current one, read
+    from ``settings`` (a :class:`Settings`; with bare :class:`FeatureSettings` pass it).
     Returns the query columns followed by every feature column of :func:`build_spec`, in order.
     """
     fs = _fs(settings)
+    vocabulary = featuriser_vocabulary(queries.sparkSession, settings, vocabulary)
     _require(queries, QUERY_COLUMNS, "queries")
     _require(events, EVENT_COLUMNS + (("play_time_ms",) if fs.label_delay else ()), "events")
     if "tab" not in queries.columns:
@@ -120,12 +147,12 @@ def build_features(
         videos.select(F.col("video_id").alias("_e_video_id"), F.col("author_id").alias("_e_author_id")),
         F.col("video_id") == F.col("_e_video_id"), "left",
     ).drop("_e_video_id")
-    rows = add_categorical(queries, users, videos, fs)
+    rows = add_categorical(queries, users, videos, fs, vocabulary)
     rows = add_entity_stats(rows, ev, "video_id", "video", fs, event_time=VISIBLE_COL)
     rows = add_entity_stats(rows, ev_author, AUTHOR_COL, "author", fs, event_key="_e_author_id", event_time=VISIBLE_COL)
     rows = add_entity_stats(rows, ev, "user_id", "user", fs, event_time=VISIBLE_COL)
-    rows = add_sequences(rows, ev, history, fs, event_time=VISIBLE_COL)
-    spec = build_spec(fs)
+    rows = add_sequences(rows, ev, history, fs, event_time=VISIBLE_COL, vocabulary=vocabulary)
+    spec = build_spec(fs, vocabulary)
     return rows.select(*passthrough, *spec.feature_columns)
 
 
@@ -136,6 +163,7 @@ def build_examples(
     history: DataFrame,
     settings: Settings | FeatureSettings,
     dates: Sequence[str] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> tuple[DataFrame, FeatureSpec]:
     """One row per impression of ``log`` (restricted to ``dates`` when given), keys + features +
     labels + masks in :func:`example_columns` order, and the spec describing them.
@@ -144,7 +172,8 @@ def build_examples(
     event of ``log`` is visible to the featurised rows, so pass the log up to the last date, not
     just the dates to build.
     """
-    spec = build_spec(settings)
+    vocabulary = featuriser_vocabulary(log.sparkSession, settings, vocabulary)
+    spec = build_spec(settings, vocabulary)
     queries = log
     events = log
     if dates:
@@ -153,7 +182,7 @@ def build_examples(
         # events after the last wanted day are never visible; one day of slack for the time zone
         events = log.where(F.col("date") <= F.lit(max(wanted) + dt.timedelta(days=1)))
     labelled = queries.select(*spec.key_columns, "tab", *label_columns())
-    featured = build_features(labelled, events, users, videos, history, settings)
+    featured = build_features(labelled, events, users, videos, history, settings, vocabulary)
     return featured.select(*example_columns(spec)), spec
 
 

@@ -123,13 +123,20 @@ class CategoricalEmbedding(nn.Module):
 
     ``forward(cat, fields)`` embeds the columns of ``cat`` as the fields ``fields`` (indices into
     the spec's categorical list; default all), so the user side can be embedded alone.
+
+    Cold start: a field with an exact vocabulary (``field.vocabulary`` set) has no hash bucket its
+    id 0 could share; index 0 (null, or an id first seen after the vocabulary was built) embeds as
+    the mean of the field's other rows instead of a row of its own, so an unseen id looks like
+    an average one (``cold_start_mean=False`` keeps a learned row 0).
     """
 
     def __init__(self, fields: Sequence[CategoricalField], out_dim: int, default_width: int | None = None,
-                 use_spec_widths: bool = True):
+                 use_spec_widths: bool = True, cold_start_mean: bool = True):
         super().__init__()
         self.n_fields = len(fields)
         self.out_dim = out_dim
+        self._cold = [cold_start_mean and getattr(f, "vocabulary", None) is not None for f in fields]
+        self._vocab_sizes = [f.vocab_size for f in fields]
         widths = [(f.embed_dim if use_spec_widths and f.embed_dim else None) or default_width or out_dim
                   for f in fields]
         self.group_widths = sorted(set(widths))
@@ -178,8 +185,12 @@ class CategoricalEmbedding(nn.Module):
                 cols = [k for k, f in enumerate(fields) if self._group_of[f] == g]
                 if not cols:
                     continue
+                # cold-start fields of the group: (position in the group's columns, first row, rows)
+                cold = [(j, int(self.offsets[fields[k]]), self._vocab_sizes[fields[k]])
+                        for j, k in enumerate(cols) if self._cold[fields[k]] and self._vocab_sizes[fields[k]] > 1]
+                cold = (as_tensor([j for j, _, _ in cold]), [(first, rows) for _, first, rows in cold]) if cold else None
                 groups.append((g, as_tensor(cols), self.offsets[as_tensor([fields[k] for k in cols])],
-                               as_tensor([self._pos_in_group[fields[k]] for k in cols])))
+                               as_tensor([self._pos_in_group[fields[k]] for k in cols]), cold))
                 order += cols
             inverse = sorted(range(len(order)), key=order.__getitem__)
             plan = (groups, None if inverse == list(range(len(order))) else as_tensor(inverse))
@@ -193,8 +204,15 @@ class CategoricalEmbedding(nn.Module):
             return torch.zeros((cat.shape[0], 0, self.out_dim), device=cat.device)
         groups, inverse = self._plan(fields, cat.device)
         parts = []
-        for g, cols, offsets, positions in groups:
-            e = self.tables[g](cat.index_select(1, cols) + offsets)  # [B, k, w]
+        for g, cols, offsets, positions, cold in groups:
+            ids = cat.index_select(1, cols)
+            e = self.tables[g](ids + offsets)  # [B, k, w]
+            if cold is not None:
+                at, ranges = cold
+                weight = self.tables[g].weight
+                means = torch.stack([weight[first + 1:first + rows].mean(0) for first, rows in ranges])  # [c, w]
+                unseen = (ids.index_select(1, at) == 0).unsqueeze(-1)  # [B, c, 1]
+                e = e.index_copy(1, at, torch.where(unseen, means.unsqueeze(0), e.index_select(1, at)))
             p = self._proj_index[g]
             if p >= 0:
                 e = torch.einsum("bkw,kwd->bkd", e, self.proj_weight[p][positions]) + self.proj_bias[p][positions]

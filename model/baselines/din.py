@@ -70,7 +70,10 @@ class DIN(RankingModel):
     def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
         fields = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, e]
         if self.item_table is not None:
-            target = self.item_table(cat[:, self.target_index])
+            ids = cat[:, self.target_index]
+            target = self.item_table(ids)
+            if self.spec.categorical[self.target_index].vocabulary is not None:  # cold start: the mean row
+                target = torch.where((ids == 0).unsqueeze(-1), self.item_table.weight[1:].mean(0), target)
         else:
             target = fields[:, self.target_index]
         tokens, mask = user_rows["seq_tokens"], user_rows["seq_mask"]

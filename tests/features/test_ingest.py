@@ -77,7 +77,10 @@ def test_build_features_stores_the_spec_with_the_version_and_is_deterministic(sp
     again = {r["impression_id"]: r.asDict() for r in read_table(spark, settings, EXAMPLES).collect()}
     assert again == first and len(first) == len(tl.EVENTS)
     spec = load_feature_spec(spark, settings)
-    assert spec == build_spec(settings) and load_feature_spec(spark, settings, version=first_version) == spec
+    from features.vocabulary import load_vocabulary  # exact ids: the spec names the vocabulary version
+
+    vocabulary = load_vocabulary(spark, settings.lake.table_path("vocabulary"))
+    assert spec == build_spec(settings, vocabulary) and load_feature_spec(spark, settings, version=first_version) == spec
     props = spark.sql(f"SHOW TBLPROPERTIES delta.`{settings.lake.table_path('examples')}`").collect()
     assert {r[0]: r[1] for r in props}["infnet.feature_spec_fingerprint"] == spec.fingerprint()
     # a partial rebuild under a different spec is refused
