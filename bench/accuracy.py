@@ -145,11 +145,16 @@ def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, see
 
 
 def lightgbm_features(spec, tensors) -> tuple[np.ndarray, list[str]]:
-    """Categorical columns as they are + each sequence's length (number of non-padding items)."""
+    """Categorical columns as they are + each sequence's length (number of non-padding items) + the
+    dense values when the spec has them."""
     cat = tensors["cat"].numpy()
     lengths = (tensors["seq"] > 0).sum(-1).numpy()
     names = [c.column for c in spec.categorical] + [f"len_{s.name}" for s in spec.sequences]
-    return np.concatenate([cat, lengths], axis=1).astype(np.float32), names
+    parts = [cat, lengths]
+    if spec.dense:
+        parts.append(tensors["dense"].numpy())
+        names += [f.column for f in spec.dense]
+    return np.concatenate(parts, axis=1).astype(np.float32), names
 
 
 def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int = 2) -> ArmResult:
@@ -166,7 +171,8 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
         x[s], names = lightgbm_features(spec, data[s])
     categorical = [c.column for c in spec.categorical if c.vocab_size <= max_categories]
     task_index = {t.name: i for i, t in enumerate(spec.tasks)}
-    result = ArmResult("lightgbm", note=f"{len(names)} features: categorical fields ({len(categorical)} as categorical) + sequence lengths")
+    result = ArmResult("lightgbm", note=f"{len(names)} features: categorical fields ({len(categorical)} as categorical) "
+                                        f"+ sequence lengths" + (" + dense values" if spec.dense else ""))
     for seed in seeds:
         run = {"seed": seed, "test": {}, "valid": {}, "parameters": None, "train_examples_per_s": None}
         start = time.perf_counter()

@@ -113,6 +113,8 @@ class FeatureSettings:
     # Stats smoothing: rate = (positives + prior * strength) / (count + strength)
     rate_prior_strength: float = 20.0
     rate_buckets: int = 20
+    count_buckets_per_doubling: int = 1  # n_prior bucket = 1 + floor(k * log2(1 + n)), capped at 31 k
+    dense_stats: bool = False  # also the raw values (log1p counts, logit rates) as dense_* float columns
     # An event's labels (like, long view, play time) are known when its playback ends: later rows see
     # the event from time_ms + play_time_ms on (sequences and statistics). False: from time_ms (a leak).
     label_delay: bool = True

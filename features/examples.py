@@ -33,7 +33,8 @@ from features.categorical import AUTHOR_COL, DURATION_EDGES_S, LOCAL_TZ_OFFSET_M
 from features.labels import TASKS, label_columns
 from features.sequences import add_sequences, sequence_fields
 from features.spec import FeatureSpec
-from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, stat_fields
+from features.statistics import (COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, dense_stat_fields,
+                                 stat_fields)
 from features.vocabulary import Vocabulary
 
 SPEC_FINGERPRINT_KEY = "feature_spec_fingerprint"
@@ -54,6 +55,7 @@ def build_spec(settings: Settings | FeatureSettings, vocabulary: Vocabulary | No
     return FeatureSpec(
         categorical=categorical_fields(fs, vocabulary) + stat_fields(fs),
         sequences=sequence_fields(fs, vocabulary),
+        dense=dense_stat_fields(fs),
         tasks=TASKS,
         hash_seed=fs.hash_seed,
         sequence_order="newest_first",
@@ -64,7 +66,9 @@ def build_spec(settings: Settings | FeatureSettings, vocabulary: Vocabulary | No
                            "options.vocabulary_version (ids sorted by value); 0 = null or first seen after it was built"),
             "time_zone": f"UTC+{LOCAL_TZ_OFFSET_MS // 3_600_000} for hour/weekday",
             "duration_edges_s": list(DURATION_EDGES_S),
-            "count_buckets": f"1 + floor(log2(1 + n)) capped at {COUNT_BUCKETS - 1}",
+            "count_buckets": (f"1 + floor({fs.count_buckets_per_doubling} * log2(1 + n)) capped at "
+                              f"{(COUNT_BUCKETS - 1) * fs.count_buckets_per_doubling}"),
+            "dense": "dense_<entity>_n_prior_log1p = log1p(n); dense_<entity>_<task>_rate_logit = logit(rate); 0 for a null key",
             "rate": f"(pos + prior * {fs.rate_prior_strength}) / (n + {fs.rate_prior_strength}), "
                     f"bucketed evenly in logit over {list(LOGIT_RANGE)}",
             "rate_priors": RATE_PRIORS,
@@ -84,6 +88,8 @@ def feature_options(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -
         options["label_visibility"] = "end"
     if vocabulary is not None and vocabulary.sizes:
         options["vocabulary_version"] = vocabulary.version
+    if fs.count_buckets_per_doubling != 1:
+        options["count_buckets_per_doubling"] = fs.count_buckets_per_doubling
     return options
 
 

@@ -34,10 +34,35 @@ def build_parser():
                         help="date(s) to (re)build: YYYY-MM-DD, a comma list or a range a..b "
                              "(default: every date in bronze_log, rebuilding the whole table)")
     parser.add_argument("--seq-len", type=int, help="override FeatureSettings.seq_len (changes the spec)")
+    parser.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE", type=parse_feature_setting,
+                        help="override a FeatureSettings field, e.g. rate_buckets=100, dense_stats=true, "
+                             "label_delay=false, exact_vocab_max_size=0 (repeatable; changes the spec)")
     parser.add_argument("--vocabulary-until", type=parse_dates, metavar="DATE",
                         help="full rebuild: the vocabulary knows the ids of bronze_log up to this date "
                              "(default: every date); later ids map to 0 (cold start)")
     return parser
+
+
+def parse_feature_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` for a FeatureSettings field, VALUE parsed as the field's type."""
+    import argparse
+    import dataclasses
+
+    from conf.settings import FeatureSettings
+
+    key, sep, value = text.partition("=")
+    types = {f.name: type(getattr(FeatureSettings(), f.name)) for f in dataclasses.fields(FeatureSettings)}
+    if not sep or key not in types:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {sorted(types)}, got {text!r}")
+    kind = types[key]
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return key, value.lower() in ("true", "1")
+        return key, kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key} takes a {kind.__name__}, got {value!r}") from None
 
 
 def _stored_fingerprint(spark, settings) -> str | None:
@@ -65,6 +90,8 @@ def body(spark, settings, args) -> None:
 
     if args.seq_len:
         settings = replace(settings, features=replace(settings.features, seq_len=args.seq_len))
+    if args.feature:
+        settings = replace(settings, features=replace(settings.features, **dict(args.feature)))
     started = time.time()
     bronze = read_table(spark, settings, BRONZE_LOG)
     counts = {str(r["date"]): int(r["n"]) for r in bronze.groupBy("date").agg(F.count(F.lit(1)).alias("n")).collect()}

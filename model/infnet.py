@@ -68,6 +68,7 @@ from model.base import RankingModel, UserState, take_user_rows
 from model.layers import (
     MLP,
     CategoricalEmbedding,
+    DenseTokens,
     GapSignal,
     MultiHeadCrossAttention,
     RowGroups,
@@ -274,8 +275,10 @@ class INFNet(RankingModel):
         if not spec.sequences:
             raise ValueError("INFNet needs at least one behaviour sequence in the feature spec")
         d, m = config.d, config.n_cat_proxies
-        n_cat, n_seq, n_tasks = len(spec.categorical), len(spec.sequences), len(spec.tasks)
+        n_cat, n_seq, n_tasks = len(spec.categorical) + len(spec.dense), len(spec.sequences), len(spec.tasks)
         self.cat_embedding = CategoricalEmbedding(spec.categorical, d, config.cat_table_width)
+        # dense values (raw counts / rates) become tokens of C after the categorical fields
+        self.dense_tokens = DenseTokens(len(spec.dense), d) if spec.dense else None
         self.seq_embedding = SequenceEmbedding(spec.sequences, d, config.gap_signal)
         # Blocks from the last to the first, each told what the next one (or the heads) reads.
         needed = frozenset({"T"} if config.use_task_tokens else {"Cp", "Sp", "Tp"})
@@ -292,7 +295,8 @@ class INFNet(RankingModel):
         field_cols = lambda fields: torch.tensor([f * d + j for f in fields for j in range(d)],  # noqa: E731
                                                  dtype=torch.long)
         self.register_buffer("_user_cols", field_cols(self.user_fields), persistent=False)
-        self.register_buffer("_candidate_cat_cols", field_cols(self.candidate_fields), persistent=False)
+        dense_fields = range(len(spec.categorical), n_cat)  # per row, like the candidate fields
+        self.register_buffer("_candidate_cat_cols", field_cols([*self.candidate_fields, *dense_fields]), persistent=False)
         self.seq_proxy = nn.Linear(d, d) if "Sp" in needed else None  # phi_seq, shared by the behaviour types
         self.shared_task_tokens = (nn.Parameter(torch.randn(config.n_shared_task_tokens, d) * config.task_token_std)
                                    if "Tp" in needed else None)
@@ -364,26 +368,31 @@ class INFNet(RankingModel):
     def _tokens(tokens: nn.Parameter | None, rows: int) -> Tensor | None:
         return None if tokens is None else tokens.expand(rows, -1, -1)
 
-    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
-        return self._score(cat, user_rows)
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
+        return self._score(cat, user_rows, dense=dense)
 
-    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor) -> Tensor:
+    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor,
+                       dense: Tensor | None = None) -> Tensor:
         """The small per-user tensors (user fields, ``S~``) are expanded to rows; the sequence keys
         and mask stay one row per user, read by every candidate of that user through
         :class:`~model.layers.RowGroups`, until a block makes ``S`` row-dependent."""
         groups = RowGroups.build(user_index, user_state["seq_mask"].shape[0])
         if groups is None:  # too uneven to pack: expand everything
-            return self._score(cat, take_user_rows(user_state, user_index))
+            return self._score(cat, take_user_rows(user_state, user_index), dense=dense)
         per_user = {k: v for k, v in user_state.items() if k == "seq_mask" or k.startswith("seq_tokens_")}
         small = take_user_rows({k: v for k, v in user_state.items() if k not in per_user}, user_index)
-        return self._score(cat, {**per_user, **small}, groups, user_index)
+        return self._score(cat, {**per_user, **small}, groups, user_index, dense)
 
     def _score(self, cat: Tensor, user_rows: UserState, groups: RowGroups | None = None,
-               user_index: Tensor | None = None) -> Tensor:
+               user_index: Tensor | None = None, dense: Tensor | None = None) -> Tensor:
         """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
         cfg = self.config
         candidate_part = self.embed_candidates(self.cat_embedding, cat)
         C = self.merge_cat(user_rows["cat_user"], candidate_part)  # [B, M, d]
+        if self.dense_tokens is not None:  # [B, M + K, d]; phi_cat reads them with the per-row fields
+            dense_part = self.dense_tokens(dense)
+            C = torch.cat([C, dense_part], dim=1)
+            candidate_part = torch.cat([candidate_part, dense_part], dim=1)
         b = C.shape[0]
         st: dict[str, Tensor | None] = {
             "C": C,

@@ -221,6 +221,23 @@ class CategoricalEmbedding(nn.Module):
         return out if inverse is None else out.index_select(1, inverse)
 
 
+class DenseTokens(nn.Module):
+    """Raw dense values ``[B, K]`` -> one token per value ``[B, K, dim]``: ``x_k * w_k + b_k``.
+
+    The point-in-time counts and rates enter token-based models as tokens like any categorical field
+    (INFNet keeps its token view); a value of 0 (a null) gives the field's bias token.
+    """
+
+    def __init__(self, n_values: int, dim: int):
+        super().__init__()
+        self.n_values, self.dim = n_values, dim
+        self.weight = nn.Parameter(torch.randn(n_values, dim) * EMBEDDING_INIT_STD)
+        self.bias = nn.Parameter(torch.zeros(n_values, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1) * self.weight + self.bias
+
+
 class GapEncoder(nn.Module):
     """A learned projection of the time gap ``log1p(seconds)`` to ``dim`` (added to item tokens).
 

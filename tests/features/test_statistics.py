@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import feature_timeline as tl
 from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS
 
@@ -79,3 +81,24 @@ def test_labels_count_from_the_end_of_playback_and_the_switch_restores_the_old_c
              .where("user_id = 1").collect()}
     assert leaky[3_000]["cat_user_like_rate"] == like_bucket(1, 3)
     assert leaky[3_000]["cat_user_like_rate"] != delayed[3_000]["cat_user_like_rate"]
+
+
+def test_finer_buckets_and_raw_dense_values(spark, feature_settings):
+    """k buckets per doubling of the count, 100 rate buckets, and the raw log1p(n) / logit(rate) beside them."""
+    from dataclasses import replace
+
+    from conftest import featurise
+
+    fs = replace(feature_settings, count_buckets_per_doubling=4, rate_buckets=100, dense_stats=True)
+    rows = {r["impression_id"]: r.asDict() for r in featurise(spark, fs, 0).collect()}
+    author = dict(tl.VIDEOS)
+    for key, row in rows.items():
+        if key == "unknown":
+            assert row["dense_author_n_prior_log1p"] == 0.0 and row["cat_author_n_prior"] == 0
+            continue
+        n, clicks, _, likes = _expected(lambda e: author[e[1]], author[row["video_id"]], row["time_ms"])
+        assert row["cat_author_n_prior"] == min(1 + math.floor(4 * math.log2(n + 1) + 1e-9), 124)
+        assert row["dense_author_n_prior_log1p"] == pytest.approx(math.log1p(n), rel=1e-6)
+        rate = (likes + RATE_PRIORS["like"] * fs.rate_prior_strength) / (n + fs.rate_prior_strength)
+        assert row["dense_author_like_rate_logit"] == pytest.approx(math.log(rate / (1 - rate)), rel=1e-5)
+        assert row["cat_author_like_rate"] == rate_bucket(likes, n, RATE_PRIORS["like"], fs.rate_prior_strength, 100)
