@@ -157,13 +157,19 @@ def lightgbm_features(spec, tensors) -> tuple[np.ndarray, list[str]]:
     return np.concatenate(parts, axis=1).astype(np.float32), names
 
 
-def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int = 2) -> ArmResult:
+LIGHTGBM_DEFAULTS = {"learning_rate": 0.05, "num_leaves": 63}
+
+
+def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int = 2,
+                     params: dict | None = None, arm: str = "lightgbm") -> ArmResult:
     """One LightGBM classifier per task; fields with at most ``max_categories`` buckets are categorical,
-    hashed ids (and bucketised numbers above that size) are numeric. Early stopping on the valid days."""
+    hashed ids (and bucketised numbers above that size) are numeric. Early stopping on the valid days.
+    ``params``: ``learning_rate`` / ``num_leaves`` (default :data:`LIGHTGBM_DEFAULTS`)."""
+    knobs = {**LIGHTGBM_DEFAULTS, **(params or {})}
     try:
         import lightgbm as lgb
     except ImportError:
-        return ArmResult("lightgbm", note="lightgbm is not installed")
+        return ArmResult(arm, note="lightgbm is not installed")
     from evaluation.metrics import auc_np, gauc_np
 
     x, names = {}, None
@@ -171,10 +177,10 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
         x[s], names = lightgbm_features(spec, data[s])
     categorical = [c.column for c in spec.categorical if c.vocab_size <= max_categories]
     task_index = {t.name: i for i, t in enumerate(spec.tasks)}
-    result = ArmResult("lightgbm", note=f"{len(names)} features: categorical fields ({len(categorical)} as categorical) "
+    result = ArmResult(arm, note=f"{knobs}; {len(names)} features: categorical fields ({len(categorical)} as categorical) "
                                         f"+ sequence lengths" + (" + dense values" if spec.dense else ""))
     for seed in seeds:
-        run = {"seed": seed, "test": {}, "valid": {}, "parameters": None, "train_examples_per_s": None}
+        run = {"seed": seed, "test": {}, "valid": {}, "parameters": None, "train_examples_per_s": None, "params": knobs}
         start = time.perf_counter()
         preds_time = 0.0
         aucs = []
@@ -185,7 +191,7 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
             train = lgb.Dataset(x["train"][masks["train"]], labels["train"][masks["train"]], feature_name=names,
                                 categorical_feature=categorical, free_raw_data=False)
             valid = lgb.Dataset(x["valid"][masks["valid"]], labels["valid"][masks["valid"]], reference=train)
-            params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05, "num_leaves": 63,
+            params = {"objective": "binary", "metric": "auc", **knobs,
                       "min_data_in_leaf": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
                       "seed": seed, "verbose": -1, "num_threads": threads, "cat_smooth": 10}
             booster = lgb.train(params, train, num_boost_round=2000, valid_sets=[valid],
@@ -205,13 +211,15 @@ def run_lightgbm_arm(spec, data, seeds, max_categories: int = 1000, threads: int
         run["valid"]["mtl_auc"] = float(np.mean([run["valid"][t]["auc"] for t in TASKS]))
         run["seconds"] = time.perf_counter() - start
         run["ms_per_1000"] = preds_time / len(x["test"]) * 1e6  # three boosters, one per task
-        print(f"  lightgbm seed {seed}: test mean AUC {run['test']['mtl_auc']:.4f} ({run['seconds']:.0f} s)", flush=True)
+        print(f"  {arm} seed {seed}: test mean AUC {run['test']['mtl_auc']:.4f} (valid {run['valid']['mtl_auc']:.4f}, "
+              f"{run['seconds']:.0f} s)", flush=True)
         result.runs.append(run)
     return result
 
 
-def run_external_arms(spec, data, seeds, train_config) -> list[ArmResult]:
-    """torch-rechub's MMoE and PLE (bench/external.py) on the same tensors, split, trainer and loss."""
+def run_external_arms(spec, data, seeds, train_config, config_of=None) -> list[ArmResult]:
+    """torch-rechub's MMoE and PLE (bench/external.py) on the same tensors, split, trainer and loss.
+    ``config_of(arm)``: the arm's own training config (tuned), default ``train_config``."""
     from bench import external
 
     missing = external.available()
@@ -219,9 +227,10 @@ def run_external_arms(spec, data, seeds, train_config) -> list[ArmResult]:
         return [ArmResult(f"torch-rechub {a}", note=f"skipped: {missing}") for a in external.ARCHITECTURES]
     arms = []
     for architecture in external.ARCHITECTURES:
-        print(f"torch-rechub {architecture}", flush=True)
-        arm = run_torch_arm(f"torch-rechub {architecture}", architecture, {}, spec, data, seeds, train_config,
-                            builder=external.build)
+        name = f"torch-rechub {architecture}"
+        print(name, flush=True)
+        arm = run_torch_arm(name, architecture, {}, spec, data, seeds,
+                            config_of(name) if config_of else train_config, builder=external.build)
         arm.note = (f"torch-rechub {external.version()} model (bench/external.py adapter: same inputs, trainer and "
                     "loss; no time gaps)")
         arms.append(arm)
@@ -310,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, infnet + mmoe + lightgbm")
     p.add_argument("--tensor-cache", metavar="DIR", help="keep the loaded examples (pinned --examples-version) "
                    "as tensors in DIR, so that later runs skip Spark")
+    p.add_argument("--tune-lr", help="tuning mode: comma list of learning rates, every neural arm alike "
+                   "(1 seed, the first of --seeds; choices on the valid day only)")
+    p.add_argument("--tune-like", help="tuning mode: comma list of like loss weights")
+    p.add_argument("--tune-lightgbm", default="0.02:31,0.05:63,0.05:31,0.1:63",
+                   help="tuning mode: LightGBM's grid of the same size, LEARNING_RATE:NUM_LEAVES comma list")
+    p.add_argument("--tuned", metavar="JSON", help="per-arm settings chosen by a tuning run (its .json output)")
     p.add_argument("--label", default="", help="appended to every arm's name (variants of one arm in one table)")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
     return p
@@ -384,6 +399,19 @@ def main(argv=None) -> int:
     arms: list[ArmResult] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or torch.get_num_threads()
+    if args.tune_lr or args.tune_like:
+        return tune(args, names, overrides, spec, data, seeds[0], train_config, header, out, threads)
+    tuned = json.loads(Path(args.tuned).read_text())["best"] if args.tuned else {}
+    if tuned:
+        header["training"] += f"; per-arm lr / like weight / LightGBM knobs from {args.tuned}: {tuned}"
+
+    def config_of(arm: str) -> Any:
+        """The arm's tuned training config (ablations take INFNet's), else the common one."""
+        best = tuned.get(arm) or (tuned.get("infnet") if arm in ABLATIONS else None)
+        if not best:
+            return train_config
+        return replace(train_config, lr=best["lr"], task_weights=resolve_task_weights(spec, best["task_weights"]))
 
     def flush() -> None:
         out.write_text(render_report(arms, header))
@@ -392,23 +420,85 @@ def main(argv=None) -> int:
 
     if not args.no_lightgbm:
         print("lightgbm", flush=True)
-        arms.append(run_lightgbm_arm(spec, data, seeds, threads=args.threads or torch.get_num_threads()))
+        arms.append(run_lightgbm_arm(spec, data, seeds, threads=threads, params=tuned.get("lightgbm")))
         flush()
     for name in names:
         model_name, config = (("infnet", dict(ABLATIONS[name])) if name in ABLATIONS else (name, {}))
         config.update(overrides.get(name, {}))
         arm = f"{name} {args.label}".strip()
         print(arm, flush=True)
-        arms.append(run_torch_arm(arm, model_name, config, spec, data, seeds, train_config))
+        arms.append(run_torch_arm(arm, model_name, config, spec, data, seeds, config_of(name)))
         flush()
     if args.external:
-        arms.extend(run_external_arms(spec, data, seeds, train_config))
+        arms.extend(run_external_arms(spec, data, seeds, train_config, config_of))
         flush()
     print()
     print(render_table(arms, "valid"))
     print()
     print(render_table(arms))
     print(f"\nwritten to {out}")
+    return 0
+
+
+def tune(args, names, overrides, spec, data, seed, train_config, header, out: Path, threads: int) -> int:
+    """Every arm over the same grid, one seed, chosen by mean valid AUC; writes ``out`` (.md/.json) with
+    every run and ``best``: per arm the chosen settings, for ``--tuned``. Resumes: grid points already
+    in ``out``'s JSON are not rerun."""
+    from model.train import resolve_task_weights
+
+    lrs = [float(x) for x in (args.tune_lr or str(train_config.lr)).split(",")]
+    likes = [float(x) for x in (args.tune_like or str(train_config.task_weights.get("like", 1.0))).split(",")]
+    lgb_grid = [dict(zip(("learning_rate", "num_leaves"), (float(a), int(b))))
+                for a, b in (p.split(":") for p in args.tune_lightgbm.split(","))]
+    json_path = out.with_suffix(".json")
+    runs = json.loads(json_path.read_text())["runs"] if json_path.exists() else []
+    done = {(r["arm"], json.dumps(r["params"], sort_keys=True)) for r in runs}
+    header = {**header, "mode": f"tuning: lr {lrs} x like weight {likes} for every neural arm, LightGBM "
+                                f"{lgb_grid}; seed {seed}; chosen by mean valid AUC ({VALID})"}
+
+    def record(arm: str, params: dict, result: ArmResult) -> None:
+        run = result.runs[0] if result.runs else {}
+        runs.append({"arm": arm, "params": params, "valid": run.get("valid"), "test": run.get("test"),
+                     "epochs_run": run.get("epochs_run"), "best_epoch": run.get("best_epoch"),
+                     "seconds": run.get("seconds")})
+        best = {}
+        for r in runs:
+            if r["valid"] and (r["arm"] not in best or r["valid"]["mtl_auc"] > best[r["arm"]][0]):
+                best[r["arm"]] = (r["valid"]["mtl_auc"], r["params"])
+        lines = ["# Tuning on the valid day", ""] + [f"- {k}: {v}" for k, v in header.items()] + [
+            "", "| arm | settings | valid mean AUC | valid click / like / long_view | best epoch |", "|---|---|---|---|---|"]
+        for r in runs:
+            v = r["valid"] or {}
+            chosen = " **(chosen)**" if best.get(r["arm"], (None, None))[1] == r["params"] else ""
+            lines.append(f"| {r['arm']} | {r['params']}{chosen} | {v.get('mtl_auc', float('nan')):.4f} | "
+                         + " / ".join(f"{v[t]['auc']:.4f}" for t in TASKS if t in v) + f" | {r.get('best_epoch')} |")
+        out.write_text("\n".join(lines) + "\n")
+        json_path.write_text(json.dumps({"header": header, "runs": runs,
+                                         "best": {a: p for a, (_, p) in best.items()}}, indent=1, default=float))
+
+    if not args.no_lightgbm:
+        for params in lgb_grid:
+            if ("lightgbm", json.dumps(params, sort_keys=True)) in done:
+                continue
+            print(f"lightgbm {params}", flush=True)
+            record("lightgbm", params, run_lightgbm_arm(spec, data, [seed], threads=threads, params=params))
+    arms = [(name, "infnet" if name in ABLATIONS else name, {**ABLATIONS.get(name, {}), **overrides.get(name, {})}, None)
+            for name in names]
+    if args.external:
+        from bench import external
+
+        if external.available() is None:
+            arms += [(f"torch-rechub {a}", a, {}, external.build) for a in external.ARCHITECTURES]
+    for arm, model_name, config, builder in arms:
+        for lr in lrs:
+            for like in likes:
+                params = {"lr": lr, "task_weights": {"like": like}}
+                if (arm, json.dumps(params, sort_keys=True)) in done:
+                    continue
+                print(f"{arm} {params}", flush=True)
+                cfg = replace(train_config, lr=lr, task_weights=resolve_task_weights(spec, {"like": like}))
+                record(arm, params, run_torch_arm(arm, model_name, dict(config), spec, data, [seed], cfg, builder=builder))
+    print(out.read_text())
     return 0
 
 
