@@ -11,30 +11,42 @@ tokens). One block::
     T~' = CA(T~, C, C) + CA(T~, S, S)        T' = PGU(T^, T~)
     T^  = CA(T,  C, C) + CA(T,  S, S)        PGU(X, X~) = X * sigmoid(MLP(Flatten(X~)))
 
-Each update is ``LayerNorm(x + Dropout(f))`` by default (``residual`` / ``layernorm`` switch the two
-parts); for a PGU, ``f`` is the gated ``X``. Every query side is a proxy or a task token, so a
-block costs ``O((m + F + N_s + N_task) (M + L) d)``: linear in the sequence length. Task ``i``
-predicts from its own final task token with its own MLP head.
+Each update is ``LayerNorm(x + Dropout(f))`` (``residual`` / ``layernorm`` switch the two parts).
+The PGU's residual (``pgu_residual``) sits around the whole update by default: the gate multiplies
+what is new, ``T' = LN(T + g * (CA(T, C) + CA(T, S)))``, and ``C' = LN(C * g)``, ``S' = LN(S * g)``
+(their whole update is the gate), so ``g`` in (0, 1) can suppress; ``"gate"`` is the literal
+reading, ``LN(X + X * g)`` = ``LN(X * (1 + g))``, whose effective gate lies in [1, 2] and never
+suppresses a token. Dense values (raw counts / rates, when the spec has them) are tokens of ``C``
+after the categorical fields. Every query side is a proxy or a task token, so a block costs
+``O((m + F + N_s + N_task) (M + L) d)``: linear in the sequence length. Task ``i`` predicts from its
+own final task token with its own MLP head.
 
-Open choices of the spec (all in :class:`INFNetConfig`, spec default first): the PGU gate reads
-the layer-``l`` proxy (``gate_source="layer"``) or the updated one (``"updated"``); ``residual``
-on/off; ``layernorm`` on/off; 2 heads; proxies carried to the next block are the updated ones.
-Ablations: ``use_task_tokens=False`` (no ``T``; every head reads the mean of the final proxies),
-``use_pgu=False`` (``C``, ``S`` unchanged, ``T' = T^``), ``use_cross_attention=False`` (every
-``CA`` becomes a masked mean of ``V W_V``: information still flows, without attention).
+Open choices of the spec (all in :class:`INFNetConfig`; ours chosen on the valid day, README
+"Accuracy"): the PGU gate reads the updated proxy (``gate_source="updated"``, the paper's prose) or
+the layer-``l`` one (``"layer"``, its equations); the PGU residual around the update or around the
+gate; ``residual`` on/off; ``layernorm`` on/off; 2 heads; proxies carried to the next block are the
+updated ones (with 2 blocks the last block reads no ``C~`` / ``S~``, so this choice cannot change
+the output; it matters from 3 blocks). Ablations: ``use_task_tokens=False`` (no ``T``; every head
+reads the mean of the final proxies), ``use_pgu=False`` (``C``, ``S`` unchanged, ``T' = T^``),
+``use_cross_attention=False`` (every ``CA`` becomes a masked mean of ``V W_V``: information still
+flows, without attention).
 
 Nothing is computed (or parametrised) that the heads do not depend on: :func:`plan_block` walks
-back from the heads. In the last block that leaves ``T^`` and its gate. A consequence of the
-spec's own defaults worth knowing: with ``gate_source="layer"`` and 2 blocks, ``C~'`` and ``S~'``
-of block 1 feed only block 2's ``C`` / ``S`` updates, which nothing reads, so the categorical and
-sequence proxies act only as layer-0 gates (their cross-attentions exist from 3 blocks, or with
-``gate_source="updated"``). Without PGU the proxies influence nothing at all and are not built.
+back from the heads. In the last block that leaves ``T^``, ``T~'`` and the ``T`` gate. With the
+default ``gate_source="updated"`` every equation of every earlier block reaches a head: ``C'`` is
+gated by ``C~'`` (so ``CA(C~, S)``, ``CA(C~, T)`` count), ``S'`` by ``S~'``, and the next block's
+``T^`` / ``T~'`` attend over ``C'`` / ``S'``. With ``gate_source="layer"`` and 2 blocks, ``C~'``
+and ``S~'`` would feed only block 2's ``C`` / ``S`` updates, which nothing reads: half of the
+heterogeneous flow would be dead (it comes alive from 3 blocks). Without PGU the proxies influence
+nothing at all and are not built.
 
 Attention is computed query-side (``W_K`` / ``W_V`` folded into the few queries, see
 :class:`~model.layers.MultiHeadCrossAttention`), so the keys of a block are its raw tokens.
 User-side reuse: ``S`` (block-1 keys), ``S~`` and the mask depend only on the user; with
 ``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so the
-block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes. Scoring the
+block-2 keys are cached too (``seq_tokens_1``); with the default ``"updated"`` the gate of ``S'``
+reads ``S~'``, which attended over the candidate's ``C``, so ``S`` is per candidate from block 2
+on; without PGU ``S`` never changes. Scoring the
 candidates of a request (:meth:`INFNet.score_per_user`) reads those keys once per user: the
 candidates' queries are packed per user (:class:`~model.layers.RowGroups`) instead of the
 ``[L, d]`` keys being copied to every candidate row.
@@ -52,7 +64,7 @@ candidates' queries are packed per user (:class:`~model.layers.RowGroups`) inste
 >>> from model.base import user_batch
 >>> state = model.encode_user(user_batch(batch, spec))  # user side of each row (dedupe: group_by_user)
 >>> sorted(state)
-['attended_t_s', 'attended_tp_s', 'cat_proxy_user', 'cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0', 'seq_tokens_1']
+['attended_sp_t', 'attended_t_s', 'attended_tp_s', 'cat_proxy_user', 'cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0']
 """
 from __future__ import annotations
 
@@ -81,7 +93,7 @@ from model.layers import (
 
 @dataclass
 class INFNetConfig:
-    """Every open choice of ``INFNET.md`` with the spec's default, plus the ablation switches."""
+    """Every open choice of ``INFNET.md`` (defaults chosen on the valid day), plus the ablation switches."""
 
     d: int = 32  # token width
     n_heads: int = 2  # heads per cross-attention
@@ -92,11 +104,11 @@ class INFNetConfig:
     cat_proxy_hidden: int = 256  # hidden width of phi_cat: R^{M d} -> R^{m d}
     seq_proxy_pooling: Literal["sum", "mean"] = "sum"  # S~ rows: masked sum (spec) | mean
     gap_signal: GapSignal = "mlp"  # learned projection of log1p(gap) added to sequence tokens | "none"
-    gate_source: Literal["layer", "updated"] = "layer"  # PGU reads the layer-l proxy | the updated one
+    gate_source: Literal["layer", "updated"] = "updated"  # PGU reads the updated proxy | the layer-l one
     # where the residual of a PGU sits: "gate" = LN(X + X * g) (the gate only scales by 1 + g in [1, 2],
     # it cannot suppress); "update" = around the whole update, the gate multiplying what is new:
     # T' = LN(T + g * (CA(T, C) + CA(T, S))), and C' = LN(C * g), S' = LN(S * g) (their update is the gate)
-    pgu_residual: Literal["gate", "update"] = "gate"
+    pgu_residual: Literal["gate", "update"] = "update"
     residual: bool = True  # x + f(x) around each update
     layernorm: bool = True  # LayerNorm after each update
     gate_hidden: int = 64  # hidden width of the PGU's MLP(Flatten(X~))
