@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-lr", help="tuning mode: comma list of learning rates, every neural arm alike "
                    "(1 seed, the first of --seeds; choices on the valid day only)")
     p.add_argument("--tune-like", help="tuning mode: comma list of like loss weights")
+    p.add_argument("--tune-grid", help="tuning mode: explicit LR:LIKE comma list instead of the --tune-lr x "
+                   "--tune-like product")
     p.add_argument("--tune-lightgbm", default="0.02:31,0.05:63,0.05:31,0.1:63",
                    help="tuning mode: LightGBM's grid of the same size, LEARNING_RATE:NUM_LEAVES comma list")
     p.add_argument("--tuned", metavar="JSON", help="per-arm settings chosen by a tuning run (its .json output)")
@@ -400,7 +402,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     threads = args.threads or torch.get_num_threads()
-    if args.tune_lr or args.tune_like:
+    if args.tune_lr or args.tune_like or args.tune_grid:
         return tune(args, names, overrides, spec, data, seeds[0], train_config, header, out, threads)
     tuned = json.loads(Path(args.tuned).read_text())["best"] if args.tuned else {}
     if tuned:
@@ -448,12 +450,14 @@ def tune(args, names, overrides, spec, data, seed, train_config, header, out: Pa
 
     lrs = [float(x) for x in (args.tune_lr or str(train_config.lr)).split(",")]
     likes = [float(x) for x in (args.tune_like or str(train_config.task_weights.get("like", 1.0))).split(",")]
+    grid = ([(float(a), float(b)) for a, b in (p.split(":") for p in args.tune_grid.split(","))] if args.tune_grid
+            else [(lr, like) for lr in lrs for like in likes])
     lgb_grid = [dict(zip(("learning_rate", "num_leaves"), (float(a), int(b))))
                 for a, b in (p.split(":") for p in args.tune_lightgbm.split(","))]
     json_path = out.with_suffix(".json")
     runs = json.loads(json_path.read_text())["runs"] if json_path.exists() else []
     done = {(r["arm"], json.dumps(r["params"], sort_keys=True)) for r in runs}
-    header = {**header, "mode": f"tuning: lr {lrs} x like weight {likes} for every neural arm, LightGBM "
+    header = {**header, "mode": f"tuning: (lr, like weight) in {grid} for every neural arm, LightGBM "
                                 f"{lgb_grid}; seed {seed}; chosen by mean valid AUC ({VALID})"}
 
     def record(arm: str, params: dict, result: ArmResult) -> None:
@@ -490,14 +494,13 @@ def tune(args, names, overrides, spec, data, seed, train_config, header, out: Pa
         if external.available() is None:
             arms += [(f"torch-rechub {a}", a, {}, external.build) for a in external.ARCHITECTURES]
     for arm, model_name, config, builder in arms:
-        for lr in lrs:
-            for like in likes:
-                params = {"lr": lr, "task_weights": {"like": like}}
-                if (arm, json.dumps(params, sort_keys=True)) in done:
-                    continue
-                print(f"{arm} {params}", flush=True)
-                cfg = replace(train_config, lr=lr, task_weights=resolve_task_weights(spec, {"like": like}))
-                record(arm, params, run_torch_arm(arm, model_name, dict(config), spec, data, [seed], cfg, builder=builder))
+        for lr, like in grid:
+            params = {"lr": lr, "task_weights": {"like": like}}
+            if (arm, json.dumps(params, sort_keys=True)) in done:
+                continue
+            print(f"{arm} {params}", flush=True)
+            cfg = replace(train_config, lr=lr, task_weights=resolve_task_weights(spec, {"like": like}))
+            record(arm, params, run_torch_arm(arm, model_name, dict(config), spec, data, [seed], cfg, builder=builder))
     print(out.read_text())
     return 0
 

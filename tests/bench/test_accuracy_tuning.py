@@ -41,3 +41,15 @@ def test_tuning_runs_the_same_grid_for_every_arm_resumes_and_picks_by_valid(tmp_
     accuracy.tune(args, names, overrides, SPEC, data, 1, config, {}, out, 1)  # nothing left to run
     assert len(json.loads(out.with_suffix(".json").read_text())["runs"]) == 10
     assert "(chosen)" in out.read_text()
+
+
+def test_an_explicit_grid_replaces_the_product(tmp_path):
+    data = small_data()
+    args = accuracy.build_parser().parse_args(["--lake", "unused", "--tune-grid", "1e-3:5,3e-3:1", "--no-lightgbm",
+                                               "--config", "omoe.embed_dim=4"])
+    config = TrainConfig(epochs=1, batch_size=128, progress=False, num_threads=1)
+    out = tmp_path / "grid.md"
+    accuracy.tune(args, ["omoe"], accuracy.parse_overrides(args.config), SPEC, data, 1, config, {}, out, 1)
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert [r["params"] for r in runs] == [{"lr": 1e-3, "task_weights": {"like": 5.0}},
+                                          {"lr": 3e-3, "task_weights": {"like": 1.0}}]
