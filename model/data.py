@@ -144,6 +144,13 @@ def sequence_tensors(data: ArrowData, spec: FeatureSpec) -> tuple[torch.Tensor, 
     return torch.from_numpy(seq), torch.from_numpy(gap)
 
 
+def dense_matrix(data: ArrowData, spec: FeatureSpec) -> torch.Tensor:
+    """``Float[rows, K]`` of the spec's dense columns (raw values, nulls -> 0)."""
+    if not spec.dense:
+        return torch.zeros((data.num_rows, 0))
+    return torch.from_numpy(np.stack([_float_column(_column(data, f.column)) for f in spec.dense], axis=1))
+
+
 def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None) -> dict[str, torch.Tensor]:
     """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
 
@@ -154,8 +161,8 @@ def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None 
     cat = categorical_matrix(data, spec)
     seq, gap = sequence_tensors(data, spec)
     batch = {"cat": torch.from_numpy(cat), "seq": seq, "seq_gap": gap}
-    if spec.dense:  # raw values, nulls -> 0
-        batch["dense"] = torch.from_numpy(np.stack([_float_column(_column(data, f.column)) for f in spec.dense], axis=1))
+    if spec.dense:
+        batch["dense"] = dense_matrix(data, spec)
     has_labels = all(_has_column(data, c) for c in spec.label_columns)
     if with_labels and not has_labels:
         missing = [c for c in spec.label_columns if not _has_column(data, c)]
