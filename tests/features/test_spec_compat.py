@@ -10,7 +10,7 @@ from features.spec import FeatureSpec
 def test_a_spec_without_the_new_parts_keeps_its_fingerprint():
     from conf.settings import FeatureSettings
 
-    old_style = replace(FeatureSettings(), label_delay=False, exact_vocab_max_size=0)
+    old_style = replace(FeatureSettings(), label_delay=False, exact_vocab_max_size=0, dense_stats=False)
     spec = build_spec(old_style)
     d = spec.to_dict()
     assert "options" not in d and "dense" not in d and all("vocabulary" not in c for c in d["categorical"])
@@ -22,7 +22,7 @@ def test_a_spec_without_the_new_parts_keeps_its_fingerprint():
 def test_each_new_choice_changes_the_fingerprint():
     from conf.settings import FeatureSettings
 
-    base = replace(FeatureSettings(), label_delay=False, exact_vocab_max_size=0)
+    base = replace(FeatureSettings(), label_delay=False, exact_vocab_max_size=0, dense_stats=False)
     prints = {build_spec(replace(base, **change)).fingerprint()
               for change in ({}, {"label_delay": True}, {"dense_stats": True}, {"count_buckets_per_doubling": 4},
                              {"rate_buckets": 100})}
