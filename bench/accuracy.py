@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss weight, every arm alike (repeatable); default: model.train.DEFAULT_TASK_WEIGHTS "
                         "(like 10, chosen on the valid day), 1 for the other tasks")
     p.add_argument("--gradnorm", action="store_true", help="GradNorm task weights (starting from the loss weights)")
+    p.add_argument("--uncertainty-weighting", action="store_true", help="learned uncertainty task weights (Kendall et al.)")
     p.add_argument("--config", action="append", default=[], metavar="MODEL.KEY=VALUE",
                    help="model config override, e.g. infnet.d=64 (repeatable)")
     p.add_argument("--threads", type=int, help="torch / LightGBM CPU threads (default: torch's choice)")
@@ -384,6 +385,7 @@ def main(argv=None) -> int:
         raise SystemExit(str(err)) from None
     train_config = TrainConfig(epochs=epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
                                embedding_lr=args.embedding_lr, task_weights=task_weights, gradnorm=args.gradnorm,
+                               uncertainty_weighting=args.uncertainty_weighting,
                                progress=False, num_threads=args.threads)
     header = {
         "command": "python -m bench.accuracy " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -391,7 +393,8 @@ def main(argv=None) -> int:
         "split": f"train {TRAIN}, valid {VALID} (early stopping, taken out of train), test {TEST}",
         "training": f"Adam lr {args.lr}" + (f" (embedding tables {args.embedding_lr})" if args.embedding_lr is not None else "")
                     + f", batch {args.batch_size}, up to {epochs} epochs, patience {args.patience} "
-                    f"(mean valid AUC), loss weights {task_weights} (others 1){' learned by GradNorm' if args.gradnorm else ''}, "
+                    f"(mean valid AUC), loss weights {task_weights} (others 1){' learned by GradNorm' if args.gradnorm else ''}"
+                    f"{' with uncertainty weighting' if args.uncertainty_weighting else ''}, "
                     f"seeds {seeds}, "
                     f"registry default configs {overrides or ''}",
         "machine": f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
