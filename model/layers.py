@@ -6,13 +6,15 @@ which every layer masks (padded positions contribute nothing, and a fully padded
 zeros, never NaN).
 
 - :class:`CategoricalEmbedding` — one table per field (per-field width from the spec, projected to
-  the model width), able to embed a subset of the fields (the user side alone, for reuse).
+  the model width), able to embed a subset of the fields (the user side alone, for reuse); id 0
+  of an exact-vocabulary field embeds as the mean of the field's rows (cold start).
 - :class:`SequenceEmbedding` — per-behaviour-type item tables plus an optional learned projection of
   the time gap; returns tokens zeroed at padding and the validity mask.
 - :class:`MultiHeadCrossAttention` — ``softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V`` with a key
   padding mask, computed query-side (cheap when a few proxies query many tokens); with
   :class:`RowGroups` many query rows share one key set (the candidates of a request, one user).
 - :class:`TargetAttentionPooling` — DIN's activation unit (candidate-aware weighting of a sequence).
+- :class:`DenseTokens` — raw dense values (point-in-time counts and rates) as one token each.
 - :class:`MLP`, :class:`TaskTowers`, :func:`masked_sum`, :func:`masked_mean`.
 
 >>> import torch
