@@ -7,7 +7,8 @@ models read (``cat``, ``seq`` of a :mod:`model.data` batch): each categorical fi
 widths of our own baselines (16-wide embeddings, experts 256-128, towers 64, dropout 0.1). Their
 towers end in a sigmoid for classification tasks; the adapter replaces that last layer with the
 identity so that the model returns logits, which our loss (BCE with logits) and trainer expect: the
-same function, numerically safer. Their models do not read the time gaps, which ours do.
+same function, numerically safer. Their models do not read the time gaps, which ours do; dense values
+(when the spec has them) are their ``DenseFeature`` inputs.
 
 >>> import torch
 >>> from features.spec import demo_spec
@@ -52,14 +53,16 @@ class RechubModel(nn.Module):
 
     def __init__(self, spec: FeatureSpec, architecture: Literal["mmoe", "ple"]):
         super().__init__()
-        from torch_rechub.basic.features import SequenceFeature, SparseFeature
+        from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
         from torch_rechub.models.multi_task import MMOE, PLE
 
         self.cat_names = [f.column for f in spec.categorical]
         self.seq_names = [f"seq_{s.name}" for s in spec.sequences]
         features = ([SparseFeature(f.column, vocab_size=f.vocab_size, embed_dim=EMBED_DIM) for f in spec.categorical]
                     + [SequenceFeature(name, vocab_size=s.vocab_size, embed_dim=EMBED_DIM, pooling="mean", padding_idx=0)
-                       for name, s in zip(self.seq_names, spec.sequences)])
+                       for name, s in zip(self.seq_names, spec.sequences)]
+                    + [DenseFeature(f.column) for f in spec.dense])
+        self.dense_names = [f.column for f in spec.dense]
         task_types = ["classification" if t.kind == "binary" else "regression" for t in spec.tasks]
         towers = [dict(TOWER) for _ in task_types]
         if architecture == "mmoe":
@@ -75,6 +78,7 @@ class RechubModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = {name: batch["cat"][:, i] for i, name in enumerate(self.cat_names)}
         x.update({name: batch["seq"][:, i] for i, name in enumerate(self.seq_names)})
+        x.update({name: batch["dense"][:, i] for i, name in enumerate(self.dense_names)})
         return self.model(x)
 
 

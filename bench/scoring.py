@@ -44,7 +44,7 @@ from features.spec import FeatureSpec
 from model.predict import get_predictor
 from model.registry import build_model
 from model.base import candidate_field_indices, user_field_indices
-from model.data import categorical_matrix, sequence_tensors
+from model.data import categorical_matrix, dense_matrix, sequence_tensors
 from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
                            score_record_batch, unpack_requests)
 from model.store import save_model
@@ -72,6 +72,10 @@ def synthetic_candidates(spec: FeatureSpec, n_rows: int, per_request: int, seed:
         gaps = np.abs(rng.normal(8, 2, offsets[-1])).astype(np.float32)
         cols[s.column] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(items))
         cols[s.gap_column] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(gaps))
+    for d in spec.dense:
+        per = n_requests if d.side == "user" else n_rows
+        values = rng.normal(0, 1, per).astype(np.float32)
+        cols[d.column] = pa.array(values[request_of_row] if d.side == "user" else values)
     return pa.table(cols)
 
 
@@ -137,14 +141,16 @@ def model_alone_rate(store: str, ref: str, calls: list[pa.RecordBatch], device: 
         seq, gap = sequence_tensors(c, spec)
         user = {"cat_user": torch.from_numpy(categorical_matrix(c, spec, user_fields)[:, user_fields]).to(device),
                 "seq": seq.to(device), "seq_gap": gap.to(device)}
-        cat = torch.from_numpy(categorical_matrix(rows, spec, candidate_field_indices(spec))).to(device)
-        inputs.append((user, cat, torch.from_numpy(user_index).to(device)))
+        candidates = {"cat": torch.from_numpy(categorical_matrix(rows, spec, candidate_field_indices(spec))).to(device)}
+        if spec.dense:
+            candidates["dense"] = dense_matrix(rows, spec).to(device)
+        inputs.append((user, candidates, torch.from_numpy(user_index).to(device)))
 
-    def run(user, cat, index):
-        return model({"cat": cat}, user_state=model.encode_user(user), user_index=index).cpu()
+    def run(user, candidates, index):
+        return model(candidates, user_state=model.encode_user(user), user_index=index).cpu()
 
     run(*inputs[0])
-    n = sum(len(i[1]) for i in inputs)
+    n = sum(len(i[2]) for i in inputs)
     t0 = time.perf_counter()
     for i in inputs:
         run(*i)

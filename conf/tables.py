@@ -28,6 +28,7 @@ QUARANTINE = TableDef(
 )
 INGEST_AUDIT = TableDef("ingest_audit", ("run_id", "table_name"), (), "rows read = landed + quarantined, per run")
 EXAMPLES = TableDef("examples", ("impression_id",), ("date",), "one row per impression: features + labels")
+VOCABULARY = TableDef("vocabulary", ("field", "value"), (), "exact id -> index of the id fields (features/vocabulary.py)")
 # impression_id is part of the key: a logged request can show one video twice (null when unlogged).
 # Request ids of different sources never collide (each source hashes its own prefix), and every
 # job replaces one (date, source) slice, so the sources of a date live side by side.
@@ -54,7 +55,7 @@ QUALITY_RESULTS = TableDef("quality_results", ("run_id", "table_name", "expectat
 
 ALL_TABLES = (
     BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, BRONZE_HISTORY, QUARANTINE, INGEST_AUDIT,
-    EXAMPLES, CANDIDATES, SCORES, RECOMMENDATIONS, METRICS, AB_REPORTS, QUALITY_RESULTS,
+    EXAMPLES, VOCABULARY, CANDIDATES, SCORES, RECOMMENDATIONS, METRICS, AB_REPORTS, QUALITY_RESULTS,
 )
 
 # ---------------------------------------------------------------------------------------------

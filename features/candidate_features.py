@@ -30,10 +30,11 @@ from pyspark.sql import functions as F
 from conf.settings import FeatureSettings, Settings
 from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN, packed_layout, split_large_requests
 from features.categorical import AUTHOR_COL, add_categorical
-from features.examples import EVENT_COLUMNS, build_spec, events_with_author
+from features.examples import VISIBLE_COL, build_spec, events_with_author, feature_events, featuriser_vocabulary
 from features.sequences import add_sequences
 from features.spec import FeatureSpec
 from features.statistics import add_entity_stats
+from features.vocabulary import Vocabulary
 
 TIME = "request_time_ms"
 PASSTHROUGH = ("request_id", "impression_id", "user_id", "video_id")  # what scores keep of a candidate
@@ -44,7 +45,8 @@ def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
 
 
 def _side_columns(spec: FeatureSpec, side: str) -> list[str]:
-    return [f.column for f in spec.categorical if f.side == side]
+    """The categorical and dense columns of one side, in spec order."""
+    return [f.column for f in (*spec.categorical, *spec.dense) if f.side == side]
 
 
 def _queries(df: DataFrame, user: str | None, video: str | None, tab: str | None) -> DataFrame:
@@ -60,40 +62,43 @@ def _queries(df: DataFrame, user: str | None, video: str | None, tab: str | None
 
 
 def request_features(requests: DataFrame, events: DataFrame, users: DataFrame, videos: DataFrame,
-                     history: DataFrame, settings: Settings | FeatureSettings) -> DataFrame:
+                     history: DataFrame, settings: Settings | FeatureSettings,
+                     vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per request (``request_id, user_id, request_time_ms``): ``request_id`` + the
     request-side columns (user fields and statistics, sequences)."""
     fs = _fs(settings)
-    spec = build_spec(fs)
+    spec = build_spec(fs, vocabulary)
     q = _queries(requests.select(REQUEST_COLUMN, F.col("user_id").alias("_user"), TIME), "_user", None, None)
-    rows = add_categorical(q, users, videos, fs)
-    rows = add_entity_stats(rows, events.select(*EVENT_COLUMNS), "user_id", "user", fs)
-    rows = add_sequences(rows, events.select(*EVENT_COLUMNS), history, fs)
+    ev = feature_events(events, fs)
+    rows = add_categorical(q, users, videos, fs, vocabulary)
+    rows = add_entity_stats(rows, ev, "user_id", "user", fs, event_time=VISIBLE_COL)
+    rows = add_sequences(rows, ev, history, fs, event_time=VISIBLE_COL, vocabulary=vocabulary)
     sequences = [c for s in spec.sequences for c in (s.column, s.gap_column)]
     return rows.select(REQUEST_COLUMN, *_side_columns(spec, "user"), *sequences)
 
 
 def item_features(keys: DataFrame, events: DataFrame, users: DataFrame, videos: DataFrame,
-                  settings: Settings | FeatureSettings) -> DataFrame:
+                  settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per distinct (``video_id``, ``request_time_ms``) of ``keys``: the keys + the
     item-side columns (video fields, video and author statistics as of that time)."""
     fs = _fs(settings)
-    spec = build_spec(fs)
+    spec = build_spec(fs, vocabulary)
     distinct = keys.select(F.col("video_id").alias("_video"), TIME).distinct()
-    rows = add_categorical(_queries(distinct, None, "_video", None), users, videos, fs)
-    ev = events.select(*EVENT_COLUMNS)
-    rows = add_entity_stats(rows, ev, "video_id", "video", fs)
-    rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id")
+    rows = add_categorical(_queries(distinct, None, "_video", None), users, videos, fs, vocabulary)
+    ev = feature_events(events, fs)
+    rows = add_entity_stats(rows, ev, "video_id", "video", fs, event_time=VISIBLE_COL)
+    rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id",
+                            event_time=VISIBLE_COL)
     return rows.select(F.col("_video").alias("video_id"), TIME, *_side_columns(spec, "item"))
 
 
 def context_features(keys: DataFrame, users: DataFrame, videos: DataFrame,
-                     settings: Settings | FeatureSettings) -> DataFrame:
+                     settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per distinct (``request_time_ms``, ``tab``) of ``keys``: the keys + the context columns."""
     fs = _fs(settings)
-    spec = build_spec(fs)
+    spec = build_spec(fs, vocabulary)
     distinct = keys.select(TIME, F.col("tab").alias("_tab")).distinct()
-    rows = add_categorical(_queries(distinct, None, None, "_tab"), users, videos, fs)
+    rows = add_categorical(_queries(distinct, None, None, "_tab"), users, videos, fs, vocabulary)
     return rows.select(TIME, F.col("_tab").alias("tab"), *_side_columns(spec, "context"))
 
 
@@ -143,7 +148,12 @@ class CandidateFeatures:
         from the request rows and the candidates' item/context rows (no per-candidate copy of the
         request side); requests over ``max_candidates_per_row`` are split into several rows."""
         request_columns, per_candidate = packed_layout(self.spec, passthrough)
-        lists = (self.candidate_rows(passthrough).groupBy(REQUEST_COLUMN)
+        rows = self.candidate_rows(passthrough)
+        # the models read dense values per row: the request side's few floats travel per candidate
+        user_dense = [f.column for f in self.spec.dense if f.side == "user"]
+        if user_dense:
+            rows = rows.join(self.requests.select(REQUEST_COLUMN, *user_dense), REQUEST_COLUMN, "left")
+        lists = (rows.groupBy(REQUEST_COLUMN)
                  .agg(F.collect_list(F.struct(*per_candidate)).alias(PACKED_CANDIDATES)))
         packed = self.requests.select(*request_columns).join(lists, REQUEST_COLUMN)
         return split_large_requests(packed, max_candidates_per_row)
@@ -183,18 +193,22 @@ class CandidateFeatures:
 
 
 def featurise_candidates(candidates: DataFrame, events: DataFrame, users: DataFrame, videos: DataFrame,
-                         history: DataFrame, settings: Settings | FeatureSettings) -> CandidateFeatures:
+                         history: DataFrame, settings: Settings | FeatureSettings,
+                         vocabulary: Vocabulary | None = None) -> CandidateFeatures:
     """The per-key features of ``candidates`` (the contract's columns) from ``events`` (the
-    labelled log: ``user_id, video_id, time_ms, is_click, long_view, is_like``) strictly before each
-    request time, and the bronze dimension tables."""
+    labelled log: ``user_id, video_id, time_ms, is_click, long_view, is_like``, ``play_time_ms``
+    with label delay) visible strictly before each request time, and the bronze dimension tables.
+    ``vocabulary``: as for :func:`features.examples.build_features` (default: the lake's current one
+    when exact ids are on)."""
     fs = _fs(settings)
+    vocabulary = featuriser_vocabulary(candidates.sparkSession, settings, vocabulary)
     if "tab" not in candidates.columns:
         candidates = candidates.withColumn("tab", F.lit(None).cast("int"))
     requests = candidates.select(REQUEST_COLUMN, "user_id", TIME).dropDuplicates([REQUEST_COLUMN])
     return CandidateFeatures(
-        spec=build_spec(fs),
+        spec=build_spec(fs, vocabulary),
         candidates=candidates,
-        requests=request_features(requests, events, users, videos, history, fs),
-        items=item_features(candidates, events, users, videos, fs),
-        context=context_features(candidates, users, videos, fs),
+        requests=request_features(requests, events, users, videos, history, fs, vocabulary),
+        items=item_features(candidates, events, users, videos, fs, vocabulary),
+        context=context_features(candidates, users, videos, fs, vocabulary),
     )

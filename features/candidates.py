@@ -35,8 +35,8 @@ def packed_layout(spec: FeatureSpec, passthrough: Sequence[str],
     """(request-level columns, per-candidate columns) of the request-packed scoring layout.
 
     Request level: the request key, the user-side categorical fields and the sequence columns
-    (equal for every candidate of a request). Per candidate: the other passthrough columns and
-    the item / context fields.
+    (equal for every candidate of a request). Per candidate: the other passthrough columns, the
+    item / context fields and the dense values (the models read those per row, like ``cat``).
 
     >>> from features.spec import demo_spec
     >>> packed_layout(demo_spec(), ["request_id", "impression_id"])[1]
@@ -47,6 +47,7 @@ def packed_layout(spec: FeatureSpec, passthrough: Sequence[str],
     per_candidate = [c for c in passthrough if c != request_column]
     per_candidate += [f.column for f in spec.categorical
                       if f.side != "user" and f.column not in per_candidate]
+    per_candidate += [f.column for f in spec.dense if f.column not in per_candidate]  # read per row by the models
     return [request_column, *[c for c in user + sequences if c not in per_candidate]], per_candidate
 
 

@@ -1,10 +1,13 @@
 """Categorical features: every field becomes one int column ``cat_<name>`` in ``[0, vocab)``.
 
 Bucket ``0`` is reserved for null / unseen (a user missing from ``bronze_users``, a video missing
-from ``bronze_videos``, an unparseable value). Everything else is hashed with a seeded, deterministic
+from ``bronze_videos``, an unparseable value). The id fields (user, video, author, music) map through
+an exact vocabulary built from bronze (:mod:`features.vocabulary`: index ``1 .. n``, 0 for an id
+first seen after it was built) unless their vocabulary would exceed
+``FeatureSettings.exact_vocab_max_size``. Everything else is hashed with a seeded, deterministic
 hash, ``1 + pmod(xxhash64(seed, field, value_as_string), vocab - 1)``, so the mapping needs no
 dictionary, is the same in training and scoring and on any machine, and is fully described by
-(seed, field name, vocab size) in the feature spec. Ids use the configured bucket counts; the
+(seed, field name, vocab size) in the feature spec. Hashed ids use the configured bucket counts; the
 low-cardinality fields hash into ``generic_buckets`` (collisions are rare and harmless there).
 A few small numeric fields are mapped directly (hour, weekday, duration bucket).
 
@@ -20,7 +23,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -28,6 +31,9 @@ from pyspark.sql import functions as F
 from conf.settings import FeatureSettings
 from conf.tables import USER_CATEGORICAL
 from features.spec import CategoricalField
+
+if TYPE_CHECKING:
+    from features.vocabulary import Vocabulary
 
 LOCAL_TZ_OFFSET_MS = 8 * 3600 * 1000  # KuaiRand timestamps are Beijing time (UTC+8)
 DAY_MS = 86_400_000
@@ -119,8 +125,15 @@ VIDEO_COLUMNS = ("author_id", "video_type", "upload_type", "music_id", "music_ty
 AUTHOR_COL = "_v_author_id"  # kept on the query rows for the author statistics
 
 
-def categorical_fields(fs: FeatureSettings) -> tuple[CategoricalField, ...]:
-    return tuple(s.field(fs) for s in SOURCES)
+def categorical_fields(fs: FeatureSettings, vocabulary: "Vocabulary | None" = None) -> tuple[CategoricalField, ...]:
+    """The spec's categorical fields; those the ``vocabulary`` holds are exact (its size, ``vocabulary`` set)."""
+    fields = []
+    for source in SOURCES:
+        f = source.field(fs)
+        if vocabulary is not None and vocabulary.has(source.name):
+            f = CategoricalField(f.name, vocabulary.sizes[source.name], side=f.side, vocabulary=source.name)
+        fields.append(f)
+    return tuple(fields)
 
 
 def with_dimensions(queries: DataFrame, users: DataFrame, videos: DataFrame) -> DataFrame:
@@ -133,9 +146,22 @@ def with_dimensions(queries: DataFrame, users: DataFrame, videos: DataFrame) -> 
     return out.join(v, out["video_id"] == v["_v_video_id"], "left")
 
 
-def add_categorical(queries: DataFrame, users: DataFrame, videos: DataFrame, fs: FeatureSettings) -> DataFrame:
+def add_categorical(queries: DataFrame, users: DataFrame, videos: DataFrame, fs: FeatureSettings,
+                    vocabulary: "Vocabulary | None" = None) -> DataFrame:
     """Query rows + one ``cat_<name>`` column per field of :func:`categorical_fields`, plus the
-    video's author id in ``_v_author_id`` (for the author statistics; drop it at the end)."""
+    video's author id in ``_v_author_id`` (for the author statistics; drop it at the end).
+
+    ``vocabulary``: the exact id vocabulary (:class:`features.vocabulary.Vocabulary`), required
+    unless ``fs.exact_vocab_max_size`` is 0; fields it does not hold are hashed."""
+    from features.vocabulary import lookup, require_vocabulary
+
+    require_vocabulary(fs, vocabulary, "add_categorical")
     enriched = with_dimensions(queries, users, videos)
-    cats = [s.bucket(fs).alias(f"cat_{s.name}") for s in SOURCES]
+    cats = []
+    for s in SOURCES:
+        if vocabulary is not None and vocabulary.has(s.name):
+            enriched = lookup(enriched, s.raw(), s.name, vocabulary.frame, f"_x_{s.name}")
+            cats.append(F.col(f"_x_{s.name}").alias(f"cat_{s.name}"))
+        else:
+            cats.append(s.bucket(fs).alias(f"cat_{s.name}"))
     return enriched.select(*queries.columns, *cats, F.col(AUTHOR_COL))

@@ -34,39 +34,81 @@ from features.categorical import AUTHOR_COL, DURATION_EDGES_S, LOCAL_TZ_OFFSET_M
 from features.labels import TASKS, label_columns
 from features.sequences import add_sequences, sequence_fields
 from features.spec import FeatureSpec
-from features.statistics import COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, stat_fields
+from features.statistics import (COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, dense_stat_fields,
+                                 stat_fields)
+from features.vocabulary import Vocabulary
 
 SPEC_FINGERPRINT_KEY = "feature_spec_fingerprint"
 SPEC_PROPERTY = "infnet.feature_spec_fingerprint"
 QUERY_COLUMNS = ("user_id", "video_id", "time_ms")  # required on query rows (tab, date optional)
 EVENT_COLUMNS = ("user_id", "video_id", "time_ms", "is_click", "long_view", "is_like")
+VISIBLE_COL = "_visible_ms"  # when an event's labels become known (FeatureSettings.label_delay)
 
 
 def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
     return settings.features if isinstance(settings, Settings) else settings
 
 
-def build_spec(settings: Settings | FeatureSettings) -> FeatureSpec:
-    """The feature spec for these settings (fields in column order), no data needed."""
+def build_spec(settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> FeatureSpec:
+    """The feature spec for these settings (fields in column order): no data needed but the exact id
+    vocabulary's sizes and version when there is one (without it every id field is described hashed)."""
     fs = _fs(settings)
     return FeatureSpec(
-        categorical=categorical_fields(fs) + stat_fields(fs),
-        sequences=sequence_fields(fs),
+        categorical=categorical_fields(fs, vocabulary) + stat_fields(fs),
+        sequences=sequence_fields(fs, vocabulary),
+        dense=dense_stat_fields(fs),
         tasks=TASKS,
         hash_seed=fs.hash_seed,
         sequence_order="newest_first",
+        options=feature_options(fs, vocabulary),
         extra={
             "hash": "1 + pmod(xxhash64(seed, field_name, cast(value as string)), vocab - 1); 0 = null/unseen",
+            "vocabulary": ("fields with `vocabulary` set: index 1..n in the vocabulary table at "
+                           "options.vocabulary_version (ids sorted by value); 0 = null or first seen after it was built"),
             "time_zone": f"UTC+{LOCAL_TZ_OFFSET_MS // 3_600_000} for hour/weekday",
             "duration_edges_s": list(DURATION_EDGES_S),
-            "count_buckets": f"1 + floor(log2(1 + n)) capped at {COUNT_BUCKETS - 1}",
+            "count_buckets": (f"1 + floor({fs.count_buckets_per_doubling} * log2(1 + n)) capped at "
+                              f"{(COUNT_BUCKETS - 1) * fs.count_buckets_per_doubling}"),
+            "dense": "dense_<entity>_n_prior_log1p = log1p(n); dense_<entity>_<task>_rate_logit = logit(rate); 0 for a null key",
             "rate": f"(pos + prior * {fs.rate_prior_strength}) / (n + {fs.rate_prior_strength}), "
                     f"bucketed evenly in logit over {list(LOGIT_RANGE)}",
             "rate_priors": RATE_PRIORS,
-            "point_in_time": "events with time_ms strictly less than the row's time_ms",
+            "point_in_time": ("events visible strictly before the row's time_ms; an event is visible from "
+                              + ("time_ms + play_time_ms (its labels are known when playback ends)"
+                                 if fs.label_delay else "its time_ms")),
             "sequence_gap": "log1p(seconds to the row); history items use history.last_time_ms",
         },
     )
+
+
+def feature_options(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -> dict:
+    """The spec's ``options``: feature-code choices a model depends on, each only when it differs
+    from what the first stored specs did (so those keep their fingerprint)."""
+    options = {}
+    if fs.label_delay:
+        options["label_visibility"] = "end"
+    if vocabulary is not None and vocabulary.sizes:
+        options["vocabulary_version"] = vocabulary.version
+    if fs.count_buckets_per_doubling != 1:
+        options["count_buckets_per_doubling"] = fs.count_buckets_per_doubling
+    return options
+
+
+def featuriser_vocabulary(spark: SparkSession, settings: Settings | FeatureSettings,
+                          vocabulary: Vocabulary | None) -> Vocabulary | None:
+    """The vocabulary the featuriser uses: the one given, else (exact ids on, full settings) the
+    lake's current ``vocabulary`` table, the one the current examples were built with."""
+    fs = _fs(settings)
+    if vocabulary is not None or fs.exact_vocab_max_size <= 0 or not isinstance(settings, Settings):
+        return vocabulary
+    from features.vocabulary import VOCABULARY_TABLE, load_vocabulary
+
+    path = settings.lake.table_path(VOCABULARY_TABLE)
+    try:
+        return load_vocabulary(spark, path)
+    except Exception as err:  # noqa: BLE001 - a missing Delta table raises an AnalysisException
+        raise ValueError(f"exact id vocabularies are on but {path} cannot be read ({type(err).__name__}): "
+                         "run `infnet build_features` (a full rebuild writes it)") from None
 
 
 def example_columns(spec: FeatureSpec) -> list[str]:
@@ -77,6 +119,14 @@ def _require(df: DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{what} lacks columns {missing} (has {df.columns})")
+
+
+def feature_events(events: DataFrame, fs: FeatureSettings) -> DataFrame:
+    """The event columns the features read + ``VISIBLE_COL``, when each event's labels become known:
+    ``time_ms + play_time_ms`` with ``fs.label_delay`` (playback has ended), else ``time_ms``."""
+    _require(events, EVENT_COLUMNS + (("play_time_ms",) if fs.label_delay else ()), "events")
+    visible = (F.col("time_ms") + F.coalesce(F.col("play_time_ms"), F.lit(0))) if fs.label_delay else F.col("time_ms")
+    return events.select(*EVENT_COLUMNS, visible.cast("long").alias(VISIBLE_COL))
 
 
 def events_with_author(events: DataFrame, videos: DataFrame) -> DataFrame:
@@ -94,28 +144,33 @@ def build_features(
     videos: DataFrame,
     history: DataFrame,
     settings: Settings | FeatureSettings,
+    vocabulary: Vocabulary | None = None,
 ) -> DataFrame:
     """Featurise ``queries`` from what happened strictly before each row's ``time_ms``.
 
     ``queries``: rows to featurise, at least ``user_id, video_id, time_ms`` (plus ``tab``; any other
     column, e.g. ``impression_id`` / ``request_id`` / ``date`` / labels, is passed through).
-    ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``).
+    ``events``: the labelled log (``user_id, video_id, time_ms, is_click, long_view, is_like``, and
+    ``play_time_ms`` with ``label_delay``: an event is visible from ``time_ms + play_time_ms`` on).
     ``users`` / ``videos`` / ``history``: the bronze dimension tables.
+    ``vocabulary``: the exact id vocabulary; by default (exact ids on) the lake's current one, read
+    from ``settings`` (a :class:`Settings`; with bare :class:`FeatureSettings` pass it).
     Returns the query columns followed by every feature column of :func:`build_spec`, in order.
     """
     fs = _fs(settings)
+    vocabulary = featuriser_vocabulary(queries.sparkSession, settings, vocabulary)
     _require(queries, QUERY_COLUMNS, "queries")
-    _require(events, EVENT_COLUMNS, "events")
     if "tab" not in queries.columns:
         queries = queries.withColumn("tab", F.lit(None).cast("int"))
     passthrough = list(queries.columns)
-    ev = events.select(*EVENT_COLUMNS)
-    rows = add_categorical(queries, users, videos, fs)
-    rows = add_entity_stats(rows, ev, "video_id", "video", fs)
-    rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id")
-    rows = add_entity_stats(rows, ev, "user_id", "user", fs)
-    rows = add_sequences(rows, ev, history, fs)
-    spec = build_spec(fs)
+    ev = feature_events(events, fs)
+    rows = add_categorical(queries, users, videos, fs, vocabulary)
+    rows = add_entity_stats(rows, ev, "video_id", "video", fs, event_time=VISIBLE_COL)
+    rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id",
+                            event_time=VISIBLE_COL)
+    rows = add_entity_stats(rows, ev, "user_id", "user", fs, event_time=VISIBLE_COL)
+    rows = add_sequences(rows, ev, history, fs, event_time=VISIBLE_COL, vocabulary=vocabulary)
+    spec = build_spec(fs, vocabulary)
     return rows.select(*passthrough, *spec.feature_columns)
 
 
@@ -126,6 +181,7 @@ def build_examples(
     history: DataFrame,
     settings: Settings | FeatureSettings,
     dates: Sequence[str] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> tuple[DataFrame, FeatureSpec]:
     """One row per impression of ``log`` (restricted to ``dates`` when given), keys + features +
     labels + masks in :func:`example_columns` order, and the spec describing them.
@@ -134,7 +190,8 @@ def build_examples(
     event of ``log`` is visible to the featurised rows, so pass the log up to the last date, not
     just the dates to build.
     """
-    spec = build_spec(settings)
+    vocabulary = featuriser_vocabulary(log.sparkSession, settings, vocabulary)
+    spec = build_spec(settings, vocabulary)
     queries = log
     events = log
     if dates:
@@ -143,7 +200,7 @@ def build_examples(
         # events after the last wanted day are never visible; one day of slack for the time zone
         events = log.where(F.col("date") <= F.lit(max(wanted) + dt.timedelta(days=1)))
     labelled = queries.select(*spec.key_columns, "tab", *label_columns())
-    featured = build_features(labelled, events, users, videos, history, settings)
+    featured = build_features(labelled, events, users, videos, history, settings, vocabulary)
     return featured.select(*example_columns(spec)), spec
 
 

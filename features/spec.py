@@ -13,6 +13,12 @@ Index conventions (the same for every field):
   Arrays are **newest first** and hold at most ``max_len`` items, all strictly before the impression.
 - gaps: ``log1p(seconds between the event and the impression)``, ``>= 0``; items seeded from the
   pre-window history have no timestamp and carry the gap to the history's ``last_time_ms``.
+- dense (optional): one float column ``dense_<name>`` per :class:`DenseField` (raw point-in-time
+  values, already transformed, e.g. ``log1p`` of a count or the logit of a smoothed rate); null = 0.
+
+Parts added after the first specs were stored (``options``, ``dense``, a categorical field's
+``vocabulary``) are left out of :meth:`FeatureSpec.to_dict` while they hold their default, so a
+stored spec written before they existed keeps its fingerprint and still loads.
 
 >>> spec = FeatureSpec(
 ...     categorical=(CategoricalField("user_id", 100, side="user"), CategoricalField("video_id", 50, side="item")),
@@ -40,6 +46,9 @@ class CategoricalField:
     vocab_size: int  # including the reserved bucket 0
     side: Literal["user", "item", "context"] = "context"  # user side is shared by a request's candidates
     embed_dim: int | None = None  # None: the model's default width
+    # None: hashed buckets; a vocabulary name (e.g. "video_id"): exact ids from the stored vocabulary,
+    # 0 = null or an id first seen after the vocabulary was built (models may give 0 a cold-start row)
+    vocabulary: str | None = None
 
     @property
     def column(self) -> str:
@@ -59,6 +68,16 @@ class SequenceField:
     @property
     def gap_column(self) -> str:
         return f"seq_{self.name}_gap"
+
+
+@dataclass(frozen=True)
+class DenseField:
+    name: str  # e.g. user_n_prior_log1p
+    side: Literal["user", "item", "context"] = "context"
+
+    @property
+    def column(self) -> str:
+        return f"dense_{self.name}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,10 @@ class FeatureSpec:
     sequence_order: str = "newest_first"
     key_columns: tuple[str, ...] = ("impression_id", "user_id", "video_id", "time_ms", "date")
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes (source versions, ...)
+    dense: tuple[DenseField, ...] = ()  # raw point-in-time values, one float column each
+    # choices of the feature code a model depends on (in the fingerprint), e.g. when an event's labels
+    # become visible ("label_visibility": "end") or the vocabulary version; {} for the first specs
+    options: dict = field(default_factory=dict, hash=False)
 
     # -- views ------------------------------------------------------------------------------
     @property
@@ -95,7 +118,7 @@ class FeatureSpec:
         cols = [c.column for c in self.categorical]
         for s in self.sequences:
             cols += [s.column, s.gap_column]
-        return cols
+        return cols + [d.column for d in self.dense]
 
     @property
     def label_columns(self) -> list[str]:
@@ -105,6 +128,13 @@ class FeatureSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["format"] = SPEC_FORMAT
+        # later additions are omitted at their defaults: older stored specs keep their fingerprint
+        for key in ("dense", "options"):
+            if not d[key]:
+                del d[key]
+        for c in d["categorical"]:
+            if c["vocabulary"] is None:
+                del c["vocabulary"]
         return d
 
     def to_json(self) -> str:
@@ -119,6 +149,7 @@ class FeatureSpec:
             categorical=tuple(CategoricalField(**c) for c in d.pop("categorical")),
             sequences=tuple(SequenceField(**s) for s in d.pop("sequences")),
             tasks=tuple(TaskField(**t) for t in d.pop("tasks")),
+            dense=tuple(DenseField(**x) for x in d.pop("dense", ())),
             key_columns=tuple(d.pop("key_columns", cls.key_columns)),
             **d,
         )

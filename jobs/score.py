@@ -67,13 +67,13 @@ def build_parser():
 def check_model_spec(spark, settings, info, feature_version: int) -> None:
     """The model's spec must be the examples table's at ``feature_version`` *and* the spec these
     settings featurise candidates with (features are built from settings, checked by fingerprint)."""
-    from features.examples import build_spec, load_feature_spec
+    from features.examples import build_spec, featuriser_vocabulary, load_feature_spec
     from features.spec import FeatureSpecMismatch, check_compatible
     from model.store import check_spec
 
     try:
         check_spec(info, load_feature_spec(spark, settings, feature_version))
-        check_compatible(info.spec, build_spec(settings), what=f"model {info.ref} vs the scoring settings' features")
+        check_compatible(info.spec, build_spec(settings, featuriser_vocabulary(spark, settings, None)), what=f"model {info.ref} vs the scoring settings' features")
     except FeatureSpecMismatch as err:
         raise JobError(f"{err}. Retrain {info.name} on the current examples or rebuild features with its spec; "
                        "nothing was written") from None

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
                         help="loss weight of a task (repeatable); default 1, like 10 (model.train.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
+    parser.add_argument("--gradnorm", action="store_true",
+                        help="learn task weights with GradNorm (Chen et al.), starting from --task-weight")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("--distributed", type=int, metavar="N",
                         help="train in N DDP processes with TorchDistributor (gloo on CPU, nccl on GPU executors)")
@@ -90,6 +92,7 @@ def train_config_from_args(args):
     values = {k: v for k, v in flags.items() if v is not None}
     values["task_weights"] = dict(args.task_weight)
     values["uncertainty_weighting"] = args.uncertainty_weighting
+    values["gradnorm"] = args.gradnorm
     values["progress"] = not args.no_progress
     return TrainConfig(**values)
 

@@ -1,7 +1,8 @@
 """The contract every ranking model honours, and the helpers to reuse the user side.
 
 A model is built from a :class:`features.spec.FeatureSpec` and a config dataclass and maps a batch
-``{"cat": Long[B, M], "seq": Long[B, F, N], "seq_gap": Float[B, F, N]}`` to ``Tensor[B, T]``:
+``{"cat": Long[B, M], "seq": Long[B, F, N], "seq_gap": Float[B, F, N]}`` (plus ``"dense":
+Float[B, K]`` when the spec has dense fields; they are read per row, like ``cat``) to ``Tensor[B, T]``:
 one output per task in spec order, a logit for a binary task and a raw value for a regression
 task (``model.task_kinds`` says which). Extra keys in the batch (labels, masks, user ids) are ignored.
 
@@ -77,24 +78,44 @@ class RankingModel(nn.Module):
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:  # pragma: no cover - abstract
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, batch: dict[str, Tensor], user_state: UserState | None = None,
                 user_index: Tensor | None = None) -> Tensor:
-        """``Tensor[B, T]``. With ``user_state``, ``batch`` needs only ``"cat"``; ``user_index``
-        (``Long[B]``) maps rows to state rows (``None``: row ``i`` uses state row ``i``)."""
+        """``Tensor[B, T]``. With ``user_state``, ``batch`` needs only ``"cat"`` (and ``"dense"`` when
+        the spec has dense fields); ``user_index`` (``Long[B]``) maps rows to state rows (``None``:
+        row ``i`` uses state row ``i``)."""
+        dense = self.dense_input(batch)
         if user_state is None:
-            return self.score(batch["cat"], self.encode_user(user_batch(batch, self.spec)))
+            return self.score(batch["cat"], self.encode_user(user_batch(batch, self.spec)), dense)
         if user_index is None:
-            return self.score(batch["cat"], user_state)
-        return self.score_per_user(batch["cat"], user_state, user_index)
+            return self.score(batch["cat"], user_state, dense)
+        return self.score_per_user(batch["cat"], user_state, user_index, dense)
 
-    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor) -> Tensor:
+    def dense_input(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """``batch["dense"]`` (``Float[B, K]``) when the spec has dense fields; a missing one is an
+        error, not zeros (a scorer that forgot them would silently score other inputs)."""
+        if not self.spec.dense:
+            return None
+        if "dense" not in batch:
+            raise KeyError(f"the feature spec has {len(self.spec.dense)} dense fields but the batch has no 'dense'")
+        return batch["dense"]
+
+    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor,
+                       dense: Tensor | None = None) -> Tensor:
         """The candidate part over a per-user state (``user_index`` maps rows to state rows).
         By default the state is expanded row by row; a model whose candidate part reads large
         user tensors (INFNet's sequence keys) overrides this to read them once per user."""
-        return self.score(cat, take_user_rows(user_state, user_index))
+        return self.score(cat, take_user_rows(user_state, user_index), dense)
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last layer every task's loss flows through, on which GradNorm measures each task's
+        gradient norm (Chen et al. 2018). Default: the last ``nn.Linear`` registered outside the
+        task towers (``towers`` / ``heads``); models whose registration order says otherwise override it."""
+        linears = [m for name, m in self.named_modules()
+                   if isinstance(m, nn.Linear) and not name.startswith(("towers", "heads"))]
+        return list(linears[-1].parameters()) if linears else []
 
     def n_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -183,6 +204,8 @@ def random_batch(spec: FeatureSpec, batch_size: int, *, seed: int = 0, fill: flo
         gaps = torch.cumsum(torch.rand(batch_size, n, generator=g) * 2.0, dim=1) + 3.0
         gap[:, a] = torch.where(valid, gaps, 0.0)
     batch = {"cat": cat, "seq": seq, "seq_gap": gap}
+    if spec.dense:
+        batch["dense"] = torch.randn(batch_size, len(spec.dense), generator=g) * 2.0
     if with_labels:
         t = len(spec.tasks)
         label = torch.zeros(batch_size, t)

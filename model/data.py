@@ -4,7 +4,8 @@ Two layers, so that training and scoring share one conversion:
 
 - :func:`arrow_to_batch` is pure: one Arrow record batch (or table) holding the feature spec's
   columns -> the model's batch dict (``cat`` Long[B, M], ``seq`` Long[B, F, N], ``seq_gap``
-  Float[B, F, N], plus ``label`` / ``mask`` Float[B, T] and ``user_id`` Long[B] when present).
+  Float[B, F, N], ``dense`` Float[B, K] when the spec has dense fields, plus ``label`` / ``mask``
+  Float[B, T] and ``user_id`` Long[B] when present).
   Sequences are padded / truncated to ``max_len`` with 0 (newest first, so truncation keeps the
   newest items); null or out-of-range categorical values map to the reserved bucket 0.
 - :func:`resolve_snapshot` + :class:`ArrowBatches` read a table *without* a pandas copy: Spark
@@ -55,6 +56,7 @@ from features.spec import FeatureSpec
 log = logging.getLogger("infnet.model.data")
 
 MODEL_INPUT_KEYS = ("cat", "seq", "seq_gap")
+OPTIONAL_INPUT_KEYS = ("dense",)  # present when the spec has dense fields
 DATE_COLUMN = "date"
 USER_COLUMN = "user_id"
 
@@ -179,6 +181,13 @@ def sequence_tensors(data: ArrowData, spec: FeatureSpec,
     return torch.from_numpy(seq), torch.from_numpy(gap)
 
 
+def dense_matrix(data: ArrowData, spec: FeatureSpec) -> torch.Tensor:
+    """``Float[rows, K]`` of the spec's dense columns (raw values, nulls -> 0)."""
+    if not spec.dense:
+        return torch.zeros((data.num_rows, 0))
+    return torch.from_numpy(np.stack([_float_column(_column(data, f.column)) for f in spec.dense], axis=1))
+
+
 def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None = None,
                    out_of_range: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Arrow columns of ``spec`` -> the model batch dict (CPU tensors).
@@ -190,6 +199,8 @@ def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None 
     cat = categorical_matrix(data, spec, out_of_range=out_of_range)
     seq, gap = sequence_tensors(data, spec, out_of_range)
     batch = {"cat": torch.from_numpy(cat), "seq": seq, "seq_gap": gap}
+    if spec.dense:
+        batch["dense"] = dense_matrix(data, spec)
     has_labels = all(_has_column(data, c) for c in spec.label_columns)
     if with_labels and not has_labels:
         missing = [c for c in spec.label_columns if not _has_column(data, c)]
@@ -210,7 +221,8 @@ def arrow_to_batch(data: ArrowData, spec: FeatureSpec, with_labels: bool | None 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """The part of a batch a model reads, moved to ``device``."""
-    return {k: (batch[k].to(device, non_blocking=True) if device is not None else batch[k]) for k in MODEL_INPUT_KEYS}
+    keys = MODEL_INPUT_KEYS + tuple(k for k in OPTIONAL_INPUT_KEYS if k in batch)
+    return {k: (batch[k].to(device, non_blocking=True) if device is not None else batch[k]) for k in keys}
 
 
 def slice_batch(batch: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
@@ -476,6 +488,8 @@ def synthetic_examples(spec: FeatureSpec, n_rows: int, dates: Sequence[str] = ("
         gaps = np.where(items > 0, np.sort(rng.random((n_rows, s.max_len)) * 10, axis=1), 0.0).astype(np.float32)
         cols[s.column] = pa.array(list(items.astype(np.int32)), pa.list_(pa.int32()))
         cols[s.gap_column] = pa.array(list(gaps), pa.list_(pa.float32()))
+    for f in spec.dense:
+        cols[f.column] = pa.array(rng.normal(0, 2, n_rows).astype(np.float32), pa.float32())
     first = np.asarray(cols[spec.categorical[0].column]) if spec.categorical else np.zeros(n_rows)
     newest = np.asarray(cols[spec.sequences[0].column].to_pylist(), dtype=np.int64)[:, 0] if spec.sequences else np.zeros(n_rows)
     signal = 1.5 * (first % 2) + 1.0 * (newest % 3 == 0) - 1.0

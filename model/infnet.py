@@ -11,30 +11,42 @@ tokens). One block::
     T~' = CA(T~, C, C) + CA(T~, S, S)        T' = PGU(T^, T~)
     T^  = CA(T,  C, C) + CA(T,  S, S)        PGU(X, X~) = X * sigmoid(MLP(Flatten(X~)))
 
-Each update is ``LayerNorm(x + Dropout(f))`` by default (``residual`` / ``layernorm`` switch the two
-parts); for a PGU, ``f`` is the gated ``X``. Every query side is a proxy or a task token, so a
-block costs ``O((m + F + N_s + N_task) (M + L) d)``: linear in the sequence length. Task ``i``
-predicts from its own final task token with its own MLP head.
+Each update is ``LayerNorm(x + Dropout(f))`` (``residual`` / ``layernorm`` switch the two parts).
+The PGU's residual (``pgu_residual``) sits around the whole update by default: the gate multiplies
+what is new, ``T' = LN(T + g * (CA(T, C) + CA(T, S)))``, and ``C' = LN(C * g)``, ``S' = LN(S * g)``
+(their whole update is the gate), so ``g`` in (0, 1) can suppress; ``"gate"`` is the literal
+reading, ``LN(X + X * g)`` = ``LN(X * (1 + g))``, whose effective gate lies in [1, 2] and never
+suppresses a token. Dense values (raw counts / rates, when the spec has them) are tokens of ``C``
+after the categorical fields. Every query side is a proxy or a task token, so a block costs
+``O((m + F + N_s + N_task) (M + L) d)``: linear in the sequence length. Task ``i`` predicts from its
+own final task token with its own MLP head.
 
-Open choices of the spec (all in :class:`INFNetConfig`, spec default first): the PGU gate reads
-the layer-``l`` proxy (``gate_source="layer"``) or the updated one (``"updated"``); ``residual``
-on/off; ``layernorm`` on/off; 2 heads; proxies carried to the next block are the updated ones.
-Ablations: ``use_task_tokens=False`` (no ``T``; every head reads the mean of the final proxies),
-``use_pgu=False`` (``C``, ``S`` unchanged, ``T' = T^``), ``use_cross_attention=False`` (every
-``CA`` becomes a masked mean of ``V W_V``: information still flows, without attention).
+Open choices of the spec (all in :class:`INFNetConfig`; ours chosen on the valid day, README
+"Accuracy"): the PGU gate reads the updated proxy (``gate_source="updated"``, the paper's prose) or
+the layer-``l`` one (``"layer"``, its equations); the PGU residual around the update or around the
+gate; ``residual`` on/off; ``layernorm`` on/off; 2 heads; proxies carried to the next block are the
+updated ones (with 2 blocks the last block reads no ``C~`` / ``S~``, so this choice cannot change
+the output; it matters from 3 blocks). Ablations: ``use_task_tokens=False`` (no ``T``; every head
+reads the mean of the final proxies), ``use_pgu=False`` (``C``, ``S`` unchanged, ``T' = T^``),
+``use_cross_attention=False`` (every ``CA`` becomes a masked mean of ``V W_V``: information still
+flows, without attention).
 
 Nothing is computed (or parametrised) that the heads do not depend on: :func:`plan_block` walks
-back from the heads. In the last block that leaves ``T^`` and its gate. A consequence of the
-spec's own defaults worth knowing: with ``gate_source="layer"`` and 2 blocks, ``C~'`` and ``S~'``
-of block 1 feed only block 2's ``C`` / ``S`` updates, which nothing reads, so the categorical and
-sequence proxies act only as layer-0 gates (their cross-attentions exist from 3 blocks, or with
-``gate_source="updated"``). Without PGU the proxies influence nothing at all and are not built.
+back from the heads. In the last block that leaves ``T^``, ``T~'`` and the ``T`` gate. With the
+default ``gate_source="updated"`` every equation of every earlier block reaches a head: ``C'`` is
+gated by ``C~'`` (so ``CA(C~, S)``, ``CA(C~, T)`` count), ``S'`` by ``S~'``, and the next block's
+``T^`` / ``T~'`` attend over ``C'`` / ``S'``. With ``gate_source="layer"`` and 2 blocks, ``C~'``
+and ``S~'`` would feed only block 2's ``C`` / ``S`` updates, which nothing reads: half of the
+heterogeneous flow would be dead (it comes alive from 3 blocks). Without PGU the proxies influence
+nothing at all and are not built.
 
 Attention is computed query-side (``W_K`` / ``W_V`` folded into the few queries, see
 :class:`~model.layers.MultiHeadCrossAttention`), so the keys of a block are its raw tokens.
 User-side reuse: ``S`` (block-1 keys), ``S~`` and the mask depend only on the user; with
 ``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so the
-block-2 keys are cached too (``seq_tokens_1``); without PGU ``S`` never changes. Scoring the
+block-2 keys are cached too (``seq_tokens_1``); with the default ``"updated"`` the gate of ``S'``
+reads ``S~'``, which attended over the candidate's ``C``, so ``S`` is per candidate from block 2
+on; without PGU ``S`` never changes. Scoring the
 candidates of a request (:meth:`INFNet.score_per_user`) reads those keys once per user: the
 candidates' queries are packed per user (:class:`~model.layers.RowGroups`) instead of the
 ``[L, d]`` keys being copied to every candidate row.
@@ -52,7 +64,7 @@ candidates' queries are packed per user (:class:`~model.layers.RowGroups`) inste
 >>> from model.base import user_batch
 >>> state = model.encode_user(user_batch(batch, spec))  # user side of each row (dedupe: group_by_user)
 >>> sorted(state)
-['attended_t_s', 'attended_tp_s', 'cat_proxy_user', 'cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0', 'seq_tokens_1']
+['attended_sp_t', 'attended_t_s', 'attended_tp_s', 'cat_proxy_user', 'cat_user', 'seq_mask', 'seq_proxy', 'seq_tokens_0']
 """
 from __future__ import annotations
 
@@ -68,6 +80,7 @@ from model.base import RankingModel, UserState, take_user_rows
 from model.layers import (
     MLP,
     CategoricalEmbedding,
+    DenseTokens,
     GapSignal,
     MultiHeadCrossAttention,
     RowGroups,
@@ -80,7 +93,7 @@ from model.layers import (
 
 @dataclass
 class INFNetConfig:
-    """Every open choice of ``INFNET.md`` with the spec's default, plus the ablation switches."""
+    """Every open choice of ``INFNET.md`` (defaults chosen on the valid day), plus the ablation switches."""
 
     d: int = 32  # token width
     n_heads: int = 2  # heads per cross-attention
@@ -91,7 +104,11 @@ class INFNetConfig:
     cat_proxy_hidden: int = 256  # hidden width of phi_cat: R^{M d} -> R^{m d}
     seq_proxy_pooling: Literal["sum", "mean"] = "sum"  # S~ rows: masked sum (spec) | mean
     gap_signal: GapSignal = "mlp"  # learned projection of log1p(gap) added to sequence tokens | "none"
-    gate_source: Literal["layer", "updated"] = "layer"  # PGU reads the layer-l proxy | the updated one
+    gate_source: Literal["layer", "updated"] = "updated"  # PGU reads the updated proxy | the layer-l one
+    # where the residual of a PGU sits: "gate" = LN(X + X * g) (the gate only scales by 1 + g in [1, 2],
+    # it cannot suppress); "update" = around the whole update, the gate multiplying what is new:
+    # T' = LN(T + g * (CA(T, C) + CA(T, S))), and C' = LN(C * g), S' = LN(S * g) (their update is the gate)
+    pgu_residual: Literal["gate", "update"] = "update"
     residual: bool = True  # x + f(x) around each update
     layernorm: bool = True  # LayerNorm after each update
     gate_hidden: int = 64  # hidden width of the PGU's MLP(Flatten(X~))
@@ -110,6 +127,8 @@ class INFNetConfig:
             raise ValueError("n_blocks, n_cat_proxies and n_shared_task_tokens must be >= 1")
         if self.gate_source not in ("layer", "updated"):
             raise ValueError(f"gate_source must be 'layer' or 'updated', not {self.gate_source!r}")
+        if self.pgu_residual not in ("gate", "update"):
+            raise ValueError(f"pgu_residual must be 'gate' or 'update', not {self.pgu_residual!r}")
         if self.seq_proxy_pooling not in ("sum", "mean"):
             raise ValueError(f"seq_proxy_pooling must be 'sum' or 'mean', not {self.seq_proxy_pooling!r}")
 
@@ -183,7 +202,7 @@ class INFNetBlock(nn.Module):
 
         norms = [x for x in ("Cp", "Sp", "Tp", "C", "S") if x in self.computes]
         if "T" in self.computes:
-            norms += ["T_hat"] + (["T"] if cfg.use_pgu else [])
+            norms += ["T"] if cfg.use_pgu and cfg.pgu_residual == "update" else ["T_hat"] + (["T"] if cfg.use_pgu else [])
         self.norms = nn.ModuleDict({x: nn.LayerNorm(d) if cfg.layernorm else nn.Identity() for x in norms})
         proxy_tokens = {"C": cfg.n_cat_proxies, "S": n_seq_types, "T": cfg.n_shared_task_tokens}
         self.gates = nn.ModuleDict({x: MLP(proxy_tokens[x] * d, (cfg.gate_hidden,), d)
@@ -195,15 +214,25 @@ class INFNetBlock(nn.Module):
         f = self.drop(f)
         return self.norms[stream](x + f if self.cfg.residual else f)
 
+    def _gate(self, stream: str, proxy: Tensor) -> Tensor:
+        """``sigmoid(MLP(Flatten(proxy)))`` as ``[B, 1, d]``: one d-wide gate per example, broadcast over tokens."""
+        return torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
+
     def _pgu(self, stream: str, x: Tensor, proxy: Tensor) -> Tensor:
-        """``x * sigmoid(MLP(Flatten(proxy)))``: one d-wide gate per example, broadcast over tokens."""
-        return x * torch.sigmoid(self.gates[stream](proxy.flatten(1))).unsqueeze(1)
+        """``PGU(X, X~) = X * sigmoid(MLP(Flatten(X~)))``."""
+        return x * self._gate(stream, proxy)
+
+    def _gated(self, stream: str, x: Tensor, proxy: Tensor) -> Tensor:
+        """``C' = PGU(C, C~)`` (or ``S'``) with the configured residual: ``LN(X + X * g)`` or ``LN(X * g)``."""
+        if self.cfg.pgu_residual == "update":
+            return self.norms[stream](self._pgu(stream, x, proxy))
+        return self._update(stream, x, self._pgu(stream, x, proxy))
 
     def update_seq(self, seq_tokens: Tensor, seq_proxy: Tensor, seq_mask: Tensor) -> Tensor:
         """``S' = PGU(S, S~)`` (identity when this block passes ``S`` through); padding stays zero."""
         if "S" not in self.computes:
             return seq_tokens
-        out = self._update("S", seq_tokens, self._pgu("S", seq_tokens, seq_proxy))
+        out = self._gated("S", seq_tokens, seq_proxy)
         return out * seq_mask.unsqueeze(-1).to(out.dtype)
 
     # -- the block -----------------------------------------------------------------------------
@@ -234,12 +263,18 @@ class INFNetBlock(nn.Module):
                 out[proxy] = self._update(proxy, st[proxy], flow(proxy, st[proxy]))
         gate_from = st if self.cfg.gate_source == "layer" else out
         if "C" in self.computes:
-            out["C"] = self._update("C", C, self._pgu("C", C, gate_from["Cp"]))
+            out["C"] = self._gated("C", C, gate_from["Cp"])
         if "S" in self.computes and update_seq:
             out["S"] = self.update_seq(S, gate_from["Sp"], smask)
         if "T" in self.computes:
-            t_hat = self._update("T_hat", T, flow("T", T))
-            out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"])) if self.cfg.use_pgu else t_hat
+            attended_t = flow("T", T)
+            if not self.cfg.use_pgu:
+                out["T"] = self._update("T_hat", T, attended_t)
+            elif self.cfg.pgu_residual == "update":  # T' = LN(T + g * (CA(T, C) + CA(T, S)))
+                out["T"] = self._update("T", T, attended_t * self._gate("T", gate_from["Tp"]))
+            else:  # T^ = LN(T + CA(T, C) + CA(T, S)), T' = LN(T^ + T^ * g)
+                t_hat = self._update("T_hat", T, attended_t)
+                out["T"] = self._update("T", t_hat, self._pgu("T", t_hat, gate_from["Tp"]))
         return out
 
 
@@ -252,8 +287,10 @@ class INFNet(RankingModel):
         if not spec.sequences:
             raise ValueError("INFNet needs at least one behaviour sequence in the feature spec")
         d, m = config.d, config.n_cat_proxies
-        n_cat, n_seq, n_tasks = len(spec.categorical), len(spec.sequences), len(spec.tasks)
+        n_cat, n_seq, n_tasks = len(spec.categorical) + len(spec.dense), len(spec.sequences), len(spec.tasks)
         self.cat_embedding = CategoricalEmbedding(spec.categorical, d, config.cat_table_width)
+        # dense values (raw counts / rates) become tokens of C after the categorical fields
+        self.dense_tokens = DenseTokens(len(spec.dense), d) if spec.dense else None
         self.seq_embedding = SequenceEmbedding(spec.sequences, d, config.gap_signal)
         # Blocks from the last to the first, each told what the next one (or the heads) reads.
         needed = frozenset({"T"} if config.use_task_tokens else {"Cp", "Sp", "Tp"})
@@ -270,7 +307,8 @@ class INFNet(RankingModel):
         field_cols = lambda fields: torch.tensor([f * d + j for f in fields for j in range(d)],  # noqa: E731
                                                  dtype=torch.long)
         self.register_buffer("_user_cols", field_cols(self.user_fields), persistent=False)
-        self.register_buffer("_candidate_cat_cols", field_cols(self.candidate_fields), persistent=False)
+        dense_fields = range(len(spec.categorical), n_cat)  # per row, like the candidate fields
+        self.register_buffer("_candidate_cat_cols", field_cols([*self.candidate_fields, *dense_fields]), persistent=False)
         self.seq_proxy = nn.Linear(d, d) if "Sp" in needed else None  # phi_seq, shared by the behaviour types
         self.shared_task_tokens = (nn.Parameter(torch.randn(config.n_shared_task_tokens, d) * config.task_token_std)
                                    if "Tp" in needed else None)
@@ -287,6 +325,12 @@ class INFNet(RankingModel):
                 break
             n_user += 1
         self.n_user_blocks = n_user
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """``W_V`` of the last block's task-token attentions: shared by every task token, the last
+        shared weights before the per-task heads (GradNorm measures task gradients there)."""
+        last = self.blocks[-1].ca
+        return [last[n].v_proj.weight for n in ("t_c", "t_s") if n in last] or super().last_shared_parameters()
 
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
         """User fields' embeddings (``cat_user``), the sequence mask, ``S~`` of layer 0
@@ -336,26 +380,31 @@ class INFNet(RankingModel):
     def _tokens(tokens: nn.Parameter | None, rows: int) -> Tensor | None:
         return None if tokens is None else tokens.expand(rows, -1, -1)
 
-    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
-        return self._score(cat, user_rows)
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
+        return self._score(cat, user_rows, dense=dense)
 
-    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor) -> Tensor:
+    def score_per_user(self, cat: Tensor, user_state: UserState, user_index: Tensor,
+                       dense: Tensor | None = None) -> Tensor:
         """The small per-user tensors (user fields, ``S~``) are expanded to rows; the sequence keys
         and mask stay one row per user, read by every candidate of that user through
         :class:`~model.layers.RowGroups`, until a block makes ``S`` row-dependent."""
         groups = RowGroups.build(user_index, user_state["seq_mask"].shape[0])
         if groups is None:  # too uneven to pack: expand everything
-            return self._score(cat, take_user_rows(user_state, user_index))
+            return self._score(cat, take_user_rows(user_state, user_index), dense=dense)
         per_user = {k: v for k, v in user_state.items() if k == "seq_mask" or k.startswith("seq_tokens_")}
         small = take_user_rows({k: v for k, v in user_state.items() if k not in per_user}, user_index)
-        return self._score(cat, {**per_user, **small}, groups, user_index)
+        return self._score(cat, {**per_user, **small}, groups, user_index, dense)
 
     def _score(self, cat: Tensor, user_rows: UserState, groups: RowGroups | None = None,
-               user_index: Tensor | None = None) -> Tensor:
+               user_index: Tensor | None = None, dense: Tensor | None = None) -> Tensor:
         """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
         cfg = self.config
         candidate_part = self.embed_candidates(self.cat_embedding, cat)
         C = self.merge_cat(user_rows["cat_user"], candidate_part)  # [B, M, d]
+        if self.dense_tokens is not None:  # [B, M + K, d]; phi_cat reads them with the per-row fields
+            dense_part = self.dense_tokens(dense)
+            C = torch.cat([C, dense_part], dim=1)
+            candidate_part = torch.cat([candidate_part, dense_part], dim=1)
         b = C.shape[0]
         st: dict[str, Tensor | None] = {
             "C": C,

@@ -6,13 +6,15 @@ which every layer masks (padded positions contribute nothing, and a fully padded
 zeros, never NaN).
 
 - :class:`CategoricalEmbedding` — one table per field (per-field width from the spec, projected to
-  the model width), able to embed a subset of the fields (the user side alone, for reuse).
+  the model width), able to embed a subset of the fields (the user side alone, for reuse); id 0
+  of an exact-vocabulary field embeds as the mean of the field's rows (cold start).
 - :class:`SequenceEmbedding` — per-behaviour-type item tables plus an optional learned projection of
   the time gap; returns tokens zeroed at padding and the validity mask.
 - :class:`MultiHeadCrossAttention` — ``softmax(Q W_Q (K W_K)^T / sqrt(d_k)) V W_V`` with a key
   padding mask, computed query-side (cheap when a few proxies query many tokens); with
   :class:`RowGroups` many query rows share one key set (the candidates of a request, one user).
 - :class:`TargetAttentionPooling` — DIN's activation unit (candidate-aware weighting of a sequence).
+- :class:`DenseTokens` — raw dense values (point-in-time counts and rates) as one token each.
 - :class:`MLP`, :class:`TaskTowers`, :func:`masked_sum`, :func:`masked_mean`.
 
 >>> import torch
@@ -68,6 +70,14 @@ class MLP(nn.Sequential):
         self.out_dim = width
 
 
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` registered in ``module`` (an MLP's output layer)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(module).__name__} has no Linear layer")
+    return linears[-1]
+
+
 class TaskTowers(nn.Module):
     """One MLP tower per task, each ending in one output (a logit or a raw regression value).
 
@@ -115,13 +125,20 @@ class CategoricalEmbedding(nn.Module):
 
     ``forward(cat, fields)`` embeds the columns of ``cat`` as the fields ``fields`` (indices into
     the spec's categorical list; default all), so the user side can be embedded alone.
+
+    Cold start: a field with an exact vocabulary (``field.vocabulary`` set) has no hash bucket its
+    id 0 could share; index 0 (null, or an id first seen after the vocabulary was built) embeds as
+    the mean of the field's other rows instead of a row of its own, so an unseen id looks like
+    an average one (``cold_start_mean=False`` keeps a learned row 0).
     """
 
     def __init__(self, fields: Sequence[CategoricalField], out_dim: int, default_width: int | None = None,
-                 use_spec_widths: bool = True):
+                 use_spec_widths: bool = True, cold_start_mean: bool = True):
         super().__init__()
         self.n_fields = len(fields)
         self.out_dim = out_dim
+        self._cold = [cold_start_mean and getattr(f, "vocabulary", None) is not None for f in fields]
+        self._vocab_sizes = [f.vocab_size for f in fields]
         widths = [(f.embed_dim if use_spec_widths and f.embed_dim else None) or default_width or out_dim
                   for f in fields]
         self.group_widths = sorted(set(widths))
@@ -170,8 +187,12 @@ class CategoricalEmbedding(nn.Module):
                 cols = [k for k, f in enumerate(fields) if self._group_of[f] == g]
                 if not cols:
                     continue
+                # cold-start fields of the group: (position in the group's columns, first row, rows)
+                cold = [(j, int(self.offsets[fields[k]]), self._vocab_sizes[fields[k]])
+                        for j, k in enumerate(cols) if self._cold[fields[k]] and self._vocab_sizes[fields[k]] > 1]
+                cold = (as_tensor([j for j, _, _ in cold]), [(first, rows) for _, first, rows in cold]) if cold else None
                 groups.append((g, as_tensor(cols), self.offsets[as_tensor([fields[k] for k in cols])],
-                               as_tensor([self._pos_in_group[fields[k]] for k in cols])))
+                               as_tensor([self._pos_in_group[fields[k]] for k in cols]), cold))
                 order += cols
             inverse = sorted(range(len(order)), key=order.__getitem__)
             plan = (groups, None if inverse == list(range(len(order))) else as_tensor(inverse))
@@ -185,14 +206,38 @@ class CategoricalEmbedding(nn.Module):
             return torch.zeros((cat.shape[0], 0, self.out_dim), device=cat.device)
         groups, inverse = self._plan(fields, cat.device)
         parts = []
-        for g, cols, offsets, positions in groups:
-            e = self.tables[g](cat.index_select(1, cols) + offsets)  # [B, k, w]
+        for g, cols, offsets, positions, cold in groups:
+            ids = cat.index_select(1, cols)
+            e = self.tables[g](ids + offsets)  # [B, k, w]
+            if cold is not None:
+                at, ranges = cold
+                weight = self.tables[g].weight
+                means = torch.stack([weight[first + 1:first + rows].mean(0) for first, rows in ranges])  # [c, w]
+                unseen = (ids.index_select(1, at) == 0).unsqueeze(-1)  # [B, c, 1]
+                e = e.index_copy(1, at, torch.where(unseen, means.unsqueeze(0), e.index_select(1, at)))
             p = self._proj_index[g]
             if p >= 0:
                 e = torch.einsum("bkw,kwd->bkd", e, self.proj_weight[p][positions]) + self.proj_bias[p][positions]
             parts.append(e)
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return out if inverse is None else out.index_select(1, inverse)
+
+
+class DenseTokens(nn.Module):
+    """Raw dense values ``[B, K]`` -> one token per value ``[B, K, dim]``: ``x_k * w_k + b_k``.
+
+    The point-in-time counts and rates enter token-based models as tokens like any categorical field
+    (INFNet keeps its token view); a value of 0 (a null) gives the field's bias token.
+    """
+
+    def __init__(self, n_values: int, dim: int):
+        super().__init__()
+        self.n_values, self.dim = n_values, dim
+        self.weight = nn.Parameter(torch.randn(n_values, dim) * EMBEDDING_INIT_STD)
+        self.bias = nn.Parameter(torch.zeros(n_values, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(-1) * self.weight + self.bias
 
 
 class GapEncoder(nn.Module):

@@ -8,7 +8,7 @@ model keeps its dataclass in ``model.config`` and ``model.config_dict()`` gives 
 >>> from model.base import random_batch
 >>> spec = demo_spec(seq_len=4)
 >>> MODEL_NAMES
-('infnet', 'shared_bottom', 'mmoe', 'ple', 'dcnv2', 'din', 'deepfm')
+('infnet', 'shared_bottom', 'mmoe', 'omoe', 'ple', 'stem', 'dcnv2', 'din', 'deepfm')
 >>> model = build_model("mmoe", spec, {"n_experts": 2, "expert_hidden": [32]}, seed=0)
 >>> type(model).__name__, model.config.expert_hidden, model(random_batch(spec, 5)).shape
 ('MMoE', (32,), torch.Size([5, 4]))
@@ -41,7 +41,11 @@ from model.baselines import (
     DeepFMConfig,
     DINConfig,
     MMoEConfig,
+    OMoE,
+    OMoEConfig,
     PLEConfig,
+    STEM,
+    STEMConfig,
     SharedBottom,
     SharedBottomConfig,
 )
@@ -51,7 +55,9 @@ _REGISTRY: dict[str, tuple[type[RankingModel], type]] = {
     "infnet": (INFNet, INFNetConfig),
     "shared_bottom": (SharedBottom, SharedBottomConfig),
     "mmoe": (MMoE, MMoEConfig),
+    "omoe": (OMoE, OMoEConfig),
     "ple": (PLE, PLEConfig),
+    "stem": (STEM, STEMConfig),
     "dcnv2": (DCNv2, DCNv2Config),
     "din": (DIN, DINConfig),
     "deepfm": (DeepFM, DeepFMConfig),

@@ -45,7 +45,7 @@ from conf.tables import score_column
 from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN
 from features.spec import FeatureSpec
 from model.base import candidate_field_indices, user_field_indices
-from model.data import ArrowData, arrow_to_batch, categorical_matrix, sequence_tensors
+from model.data import ArrowData, arrow_to_batch, categorical_matrix, dense_matrix, model_inputs, sequence_tensors
 from model.predict import Predictor, get_predictor, outputs_to_predictions
 
 
@@ -134,15 +134,17 @@ def _score_shared_users(predictor: Predictor, users: ArrowData, rows: ArrowData,
     })
     # per row, only the candidate fields: the user fields come from the user state
     cat = torch.from_numpy(categorical_matrix(rows, spec, candidate_field_indices(spec), out_of_range)).to(device)
-    out = model({"cat": cat}, user_state=state, user_index=torch.from_numpy(user_index.reshape(-1)).to(device))
+    candidates = {"cat": cat}
+    if spec.dense:  # dense values are read per row
+        candidates["dense"] = dense_matrix(rows, spec).to(device)
+    out = model(candidates, user_state=state, user_index=torch.from_numpy(user_index.reshape(-1)).to(device))
     return outputs_to_predictions(out, spec)
 
 
 def _score_rows(predictor: Predictor, data: ArrowData, out_of_range: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """The naive path: every row converted and encoded on its own."""
     batch = arrow_to_batch(data, predictor.spec, with_labels=False, out_of_range=out_of_range)
-    return outputs_to_predictions(
-        predictor.model({k: batch[k].to(predictor.device) for k in ("cat", "seq", "seq_gap")}), predictor.spec)
+    return outputs_to_predictions(predictor.model(model_inputs(batch, predictor.device)), predictor.spec)
 
 
 @torch.no_grad()

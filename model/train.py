@@ -10,6 +10,12 @@ BCE-with-logits of a binary task or the MSE of a regression task, each averaged 
 (``like`` = 10 where the spec has a ``like`` task; see :func:`resolve_task_weights`). With
 ``uncertainty_weighting`` (Kendall et al. 2018) a learnable ``s_i = log σ_i²`` per task turns the
 sum into ``Σ λ_i (c_i e^{-s_i} L_i + s_i / 2)``, ``c_i`` = 1 for binary and 1/2 for regression tasks.
+With ``gradnorm`` (Chen et al. 2018) the weights ``w_i`` (starting at ``λ_i``) are learned by a second
+Adam (``gradnorm_lr``) so that each task's gradient norm on the model's last shared layer,
+``G_i = ||∇_W w_i L_i||`` (``RankingModel.last_shared_parameters``), tracks the mean norm scaled by the
+task's relative inverse training rate: ``L_grad = Σ_i |G_i - mean(G) r_i^α|``, ``r_i = (L_i / L_i(0)) /
+mean_j(L_j / L_j(0))``, the target held constant; after each step ``w`` is renormalised to ``Σ λ_i``.
+The network itself trains on ``Σ w_i L_i`` with ``w`` held constant.
 
 Early stopping: evaluate every ``eval_every_steps`` steps (0: once per epoch); the score is the mean
 AUC over the binary tasks on the validation set; stop after ``patience`` evaluations without gain
@@ -72,6 +78,9 @@ class TrainConfig:
     seed: int = 42
     task_weights: dict[str, float] = field(default_factory=dict)  # λ_i over DEFAULT_TASK_WEIGHTS, 1.0 when absent
     uncertainty_weighting: bool = False
+    gradnorm: bool = False  # learn the task weights with GradNorm (Chen et al. 2018)
+    gradnorm_alpha: float = 1.5  # GradNorm's restoring force α
+    gradnorm_lr: float = 0.025  # learning rate of the GradNorm weights
     max_grad_norm: float | None = None  # gradient clipping when set
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     shuffle_buffer_rows: int = 65_536
@@ -201,17 +210,24 @@ def evaluate(model: nn.Module, spec: FeatureSpec, batches, device: torch.device)
 # =============================================================================================
 
 class MultiTaskLoss(nn.Module):
-    """Masked per-task losses combined with fixed weights or learned uncertainty weights."""
+    """Masked per-task losses combined with fixed weights, learned uncertainty weights, or GradNorm
+    weights (``gradnorm=True``: the weights are a parameter that :meth:`gradnorm_loss` trains)."""
 
     def __init__(self, spec: FeatureSpec, task_weights: dict[str, float] | None = None,
-                 uncertainty_weighting: bool = False) -> None:
+                 uncertainty_weighting: bool = False, gradnorm: bool = False, gradnorm_alpha: float = 1.5) -> None:
         super().__init__()
+        if uncertainty_weighting and gradnorm:
+            raise ValueError("choose one of uncertainty weighting and GradNorm")
         task_weights = task_weights or {}
         check_task_names(spec, task_weights)
         self.binary = torch.tensor([t.kind == "binary" for t in spec.tasks])
-        self.register_buffer("weights", torch.tensor([float(task_weights.get(t.name, 1.0)) for t in spec.tasks]))
+        initial = torch.tensor([float(task_weights.get(t.name, 1.0)) for t in spec.tasks])
+        self.register_buffer("weights", initial)
         self.register_buffer("scale", torch.where(self.binary, 1.0, 0.5))
         self.log_vars = nn.Parameter(torch.zeros(len(spec.tasks))) if uncertainty_weighting else None
+        self.gradnorm_weights = nn.Parameter(initial.clone()) if gradnorm else None
+        self.gradnorm_alpha = gradnorm_alpha
+        self.register_buffer("initial_losses", torch.full_like(initial, float("nan")))
 
     def per_task(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         binary = self.binary.to(outputs.device)
@@ -222,15 +238,64 @@ class MultiTaskLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         losses = self.per_task(outputs, labels, masks)
+        if self.gradnorm_weights is not None:
+            return (self.gradnorm_weights.detach() * losses).sum(), losses
         if self.log_vars is None:
             return (self.weights * losses).sum(), losses
         s = self.log_vars
         return (self.weights * (self.scale * torch.exp(-s) * losses + 0.5 * s)).sum(), losses
 
+    def gradnorm_loss(self, losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
+        """GradNorm's ``L_grad`` for the per-task ``losses`` of this step (their graph is kept).
+
+        ``G_i = w_i ||∇_W L_i||`` on the ``shared`` weights; tasks without a gradient this step (no
+        labelled row) keep their weight out of the mean and of the loss. Differentiable in ``w`` only.
+        """
+        w = self.gradnorm_weights
+        norms = []
+        for i in range(len(losses)):
+            grads = (torch.autograd.grad(losses[i], shared, retain_graph=True, allow_unused=True)
+                     if losses[i].requires_grad else [None])
+            sq = sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros((), device=losses.device))
+            norms.append(sq.sqrt())
+        g = torch.stack(norms).detach()
+        active = g > 0
+        if not bool(active.any()):
+            return (w * 0).sum()
+        current = losses.detach()
+        first = torch.isnan(self.initial_losses) & active
+        self.initial_losses[first] = current[first].clamp_min(1e-8)
+        ratio = torch.where(active, current / self.initial_losses.nan_to_num(1.0), torch.zeros_like(current))
+        inverse_rate = ratio / ratio[active].mean()
+        G = w * g
+        target = (G[active].mean() * inverse_rate.pow(self.gradnorm_alpha)).detach()
+        return ((G - target).abs() * active).sum()
+
+    @torch.no_grad()
+    def renormalise_gradnorm(self) -> None:
+        """Keep the GradNorm weights positive and summing to ``Σ λ_i``."""
+        w = self.gradnorm_weights
+        w.clamp_(min=1e-3)
+        w.mul_(self.weights.sum() / w.sum())
+
 
 # =============================================================================================
 # Loop
 # =============================================================================================
+
+def gradnorm_shared_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The weights GradNorm measures task gradients on: ``model.last_shared_parameters()`` when the
+    model has it, else the last ``nn.Linear`` outside modules named like towers or heads."""
+    if hasattr(model, "last_shared_parameters"):
+        shared = list(model.last_shared_parameters())
+    else:
+        linears = [m for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                   and not any(k in name for k in ("tower", "head", "predict"))]
+        shared = list(linears[-1].parameters()) if linears else []
+    if not shared:
+        raise ValueError(f"GradNorm found no shared layer in {type(model).__name__}")
+    return shared
+
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups: the embedding tables (own ``embedding_lr`` when set) and the rest.
@@ -268,11 +333,16 @@ def train_model(
     device = resolve_device(config.device)
     model.to(device)
     task_weights = resolve_task_weights(spec, config.task_weights)
-    criterion = MultiTaskLoss(spec, task_weights, config.uncertainty_weighting).to(device)
+    criterion = MultiTaskLoss(spec, task_weights, config.uncertainty_weighting, config.gradnorm,
+                              config.gradnorm_alpha).to(device)
     params = parameter_groups(model, config)
     if criterion.log_vars is not None:
         params.append({"params": [criterion.log_vars], "weight_decay": 0.0})
     optimizer = torch.optim.Adam(params, lr=config.lr)
+    gradnorm_optimizer, shared = None, []
+    if criterion.gradnorm_weights is not None:
+        gradnorm_optimizer = torch.optim.Adam([criterion.gradnorm_weights], lr=config.gradnorm_lr)
+        shared = gradnorm_shared_parameters(model)
 
     from tqdm.auto import tqdm
 
@@ -288,6 +358,8 @@ def train_model(
                  "train_loss": float(running_loss / max(running_n, 1))}
         if criterion.log_vars is not None:
             entry["log_vars"] = criterion.log_vars.detach().cpu().tolist()
+        if criterion.gradnorm_weights is not None:
+            entry["gradnorm_weights"] = criterion.gradnorm_weights.detach().cpu().tolist()
         history.append(entry)
         log.info("eval epoch %d step %d: valid mean AUC %.4f (best %.4f)", epoch, step, score, best_score)
         if not math.isnan(score) and score > best_score + config.min_delta:
@@ -310,12 +382,19 @@ def train_model(
         for batch in bar:
             labels, masks = batch["label"].to(device), batch["mask"].to(device)
             outputs = model(model_inputs(batch, device))
-            loss, _ = criterion(outputs, labels, masks)
+            loss, per_task = criterion(outputs, labels, masks)
+            if gradnorm_optimizer is not None:  # before backward: it needs the graph of each task loss
+                gradnorm_optimizer.zero_grad(set_to_none=True)
+                criterion.gradnorm_weights.grad = torch.autograd.grad(
+                    criterion.gradnorm_loss(per_task, shared), criterion.gradnorm_weights)[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
+            if gradnorm_optimizer is not None:
+                gradnorm_optimizer.step()
+                criterion.renormalise_gradnorm()
             step += 1
             n = len(labels)
             seen += n
@@ -352,6 +431,9 @@ def train_model(
         "task_weights": task_weights,
         "early_stopped": bool(history) and evals_without_gain >= config.patience,
     }
+    if criterion.gradnorm_weights is not None:
+        metrics["gradnorm_weights"] = dict(zip([t.name for t in spec.tasks],
+                                               criterion.gradnorm_weights.detach().cpu().tolist()))
     if criterion.log_vars is not None:
         metrics["uncertainty_log_vars"] = dict(zip([t.name for t in spec.tasks], criterion.log_vars.detach().cpu().tolist()))
     if test_batches is not None:

@@ -1,9 +1,10 @@
 """What the MLP-style baselines share: one config base and the pooled field-embedding input.
 
-Input of Shared-Bottom, MMoE, PLE, DCNv2 and DeepFM: ``M + F`` field embeddings of width
-``embed_dim`` — the ``M`` categorical fields (one table per field, like INFNet) and one vector per
+Input of Shared-Bottom, MMoE, OMoE, PLE, STEM, DCNv2 and DeepFM: ``M + F (+ K)`` field embeddings of
+width ``embed_dim`` — the ``M`` categorical fields (one table per field, like INFNet), one vector per
 behaviour sequence, the masked mean of its item embeddings (plus the same learned gap signal as
-INFNet). The user part (user fields and pooled sequences) is computed once per user.
+INFNet), and one token per dense value when the spec has them (:class:`~model.layers.DenseTokens`).
+The user part (user fields and pooled sequences) is computed once per user.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from features.spec import FeatureSpec
 from model.base import RankingModel, UserState
-from model.layers import CategoricalEmbedding, GapSignal, SequenceEmbedding, masked_mean
+from model.layers import CategoricalEmbedding, DenseTokens, GapSignal, SequenceEmbedding, masked_mean
 
 
 @dataclass
@@ -38,27 +39,30 @@ class PooledInputModel(RankingModel):
     """Base of the baselines reading ``[B, M + F, embed_dim]`` field embeddings; subclasses
     implement :meth:`predict`."""
 
-    def __init__(self, spec: FeatureSpec, config: BaselineConfig):
+    def __init__(self, spec: FeatureSpec, config: BaselineConfig, field_width: int | None = None):
+        """``field_width``: width of every field embedding (default ``config.embed_dim``)."""
         super().__init__(spec, config)
-        e = config.embed_dim
+        e = self.field_width = field_width or config.embed_dim
         self.cat_embedding = CategoricalEmbedding(spec.categorical, e, config.cat_table_width)
         self.seq_embedding = SequenceEmbedding(spec.sequences, e, config.gap_signal) if spec.sequences else None
-        self.n_fields = len(spec.categorical) + len(spec.sequences)
+        self.dense_tokens = DenseTokens(len(spec.dense), e) if spec.dense else None
+        self.n_fields = len(spec.categorical) + len(spec.sequences) + len(spec.dense)
         self.input_dim = self.n_fields * e
 
     def encode_user(self, batch_user: dict[str, Tensor]) -> UserState:
         cat_user = self.cat_embedding(batch_user["cat_user"], self.user_fields)
         if self.seq_embedding is None:
-            pooled = cat_user.new_zeros((cat_user.shape[0], 0, self.config.embed_dim))
+            pooled = cat_user.new_zeros((cat_user.shape[0], 0, self.field_width))
         else:
             tokens, mask = self.seq_embedding(batch_user["seq"], batch_user["seq_gap"])
             pooled = masked_mean(tokens, mask, dim=2)  # [U, F, e]
         return {"cat_user": cat_user, "seq_pooled": pooled}
 
-    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
-        fields = torch.cat([self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"]),
-                            user_rows["seq_pooled"]], dim=1)
-        return self.predict(fields, cat, user_rows)
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
+        parts = [self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"]), user_rows["seq_pooled"]]
+        if self.dense_tokens is not None:
+            parts.append(self.dense_tokens(dense))  # one field per raw value, after the sequences
+        return self.predict(torch.cat(parts, dim=1), cat, user_rows)
 
     def predict(self, fields: Tensor, cat: Tensor, user_rows: UserState) -> Tensor:  # pragma: no cover
         raise NotImplementedError

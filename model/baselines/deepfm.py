@@ -3,8 +3,8 @@
 Fields are the ``M`` categorical embeddings plus one pooled vector per behaviour sequence. The
 second-order term is FM's ``0.5 * ((sum_f v_f)^2 - sum_f v_f^2)`` kept as an ``embed_dim`` vector and
 read by each task through its own weights (initialised to 1, i.e. the classic FM sum); first-order
-weights are one scalar per categorical value and task. The deep part is a shared MLP with one
-tower per task.
+weights are one scalar per categorical value and task (and one weight per dense value and task,
+whose dense tokens join the FM fields). The deep part is a shared MLP with one tower per task.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class DeepFM(PooledInputModel):
         super().__init__(spec, config)
         n_tasks = len(spec.tasks)
         self.first_order = CategoricalEmbedding(spec.categorical, n_tasks, use_spec_widths=False)
+        self.first_order_dense = nn.Linear(len(spec.dense), n_tasks, bias=False) if spec.dense else None
         self.fm_weight = nn.Parameter(torch.ones(n_tasks, config.embed_dim))
         self.deep = MLP(self.input_dim, config.deep_hidden, dropout=config.dropout)
         self.towers = TaskTowers(self.deep.out_dim, n_tasks, config.tower_hidden, config.dropout)
@@ -38,6 +39,10 @@ class DeepFM(PooledInputModel):
         state = super().encode_user(batch_user)
         state["cat_user_first_order"] = self.first_order(batch_user["cat_user"], self.user_fields)
         return state
+
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
+        out = super().score(cat, user_rows, dense)
+        return out if self.first_order_dense is None else out + self.first_order_dense(dense)  # w_k x_k per task
 
     def predict(self, fields: Tensor, cat: Tensor, user_rows: UserState) -> Tensor:
         first = self.embed_cat(self.first_order, cat, user_rows["cat_user_first_order"]).sum(1)  # [B, T]

@@ -22,6 +22,7 @@ from model.baselines.common import BaselineConfig
 from model.layers import (
     MLP,
     CategoricalEmbedding,
+    DenseTokens,
     SequenceEmbedding,
     TargetAttentionPooling,
     TaskTowers,
@@ -58,7 +59,8 @@ class DIN(RankingModel):
         self.seq_embedding = SequenceEmbedding(spec.sequences, e, config.gap_signal, shared_table=self.item_table)
         self.attention = nn.ModuleList(TargetAttentionPooling(e, config.attention_hidden, config.attention_normalize)
                                        for _ in spec.sequences)
-        self.bottom = MLP((len(spec.categorical) + len(spec.sequences)) * e, config.bottom_hidden,
+        self.dense_tokens = DenseTokens(len(spec.dense), e) if spec.dense else None
+        self.bottom = MLP((len(spec.categorical) + len(spec.sequences) + len(spec.dense)) * e, config.bottom_hidden,
                           dropout=config.dropout)
         self.towers = TaskTowers(self.bottom.out_dim, len(spec.tasks), config.tower_hidden, config.dropout)
 
@@ -67,12 +69,18 @@ class DIN(RankingModel):
         return {"cat_user": self.cat_embedding(batch_user["cat_user"], self.user_fields),
                 "seq_tokens": tokens, "seq_mask": mask}
 
-    def score(self, cat: Tensor, user_rows: UserState) -> Tensor:
+    def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
         fields = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, e]
         if self.item_table is not None:
-            target = self.item_table(cat[:, self.target_index])
+            ids = cat[:, self.target_index]
+            target = self.item_table(ids)
+            if self.spec.categorical[self.target_index].vocabulary is not None:  # cold start: the mean row
+                target = torch.where((ids == 0).unsqueeze(-1), self.item_table.weight[1:].mean(0), target)
         else:
             target = fields[:, self.target_index]
         tokens, mask = user_rows["seq_tokens"], user_rows["seq_mask"]
         interest = torch.stack([att(target, tokens[:, a], mask[:, a]) for a, att in enumerate(self.attention)], 1)
-        return self.towers(self.bottom(torch.cat([fields.flatten(1), interest.flatten(1)], dim=1)))
+        parts = [fields.flatten(1), interest.flatten(1)]
+        if self.dense_tokens is not None:
+            parts.append(self.dense_tokens(dense).flatten(1))
+        return self.towers(self.bottom(torch.cat(parts, dim=1)))

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from features.spec import FeatureSpec
 from model.baselines.common import BaselineConfig, PooledInputModel
 from model.base import UserState
-from model.layers import MLP, TaskTowers
+from model.layers import MLP, TaskTowers, last_linear
 
 
 @dataclass
@@ -33,3 +33,6 @@ class MMoE(PooledInputModel):
         experts = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, H]
         gates = torch.softmax(self.gates(x).view(x.shape[0], -1, len(self.experts)), dim=-1)  # [B, T, E]
         return self.towers(gates @ experts)  # [B, T, H] -> [B, T]
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [p for e in self.experts for p in last_linear(e).parameters()]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from features.spec import FeatureSpec
 from model.baselines.common import BaselineConfig, PooledInputModel
 from model.base import UserState
-from model.layers import MLP, TaskTowers
+from model.layers import MLP, TaskTowers, last_linear
 
 
 @dataclass
@@ -79,3 +79,7 @@ class PLE(PooledInputModel):
         for level in self.levels:
             task_inputs, shared = level(task_inputs, shared)
         return self.towers(torch.stack(task_inputs, dim=1))
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last level's shared experts (every task's gate reads them)."""
+        return [p for e in self.levels[-1].shared_experts for p in last_linear(e).parameters()]

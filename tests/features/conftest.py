@@ -10,10 +10,11 @@ SEQ_LEN = 4  # small, so truncation is exercised
 
 @pytest.fixture(scope="session")
 def feature_settings(settings):
-    return replace(settings.features, seq_len=SEQ_LEN)
+    """Hashed ids (the point-in-time oracles are written for them); test_vocabulary.py covers exact ids."""
+    return replace(settings.features, seq_len=SEQ_LEN, exact_vocab_max_size=0)
 
 
-def featurise(spark, feature_settings, shuffle_seed: int, history_rel: int | None = None):
+def featurise(spark, feature_settings, shuffle_seed: int, history_rel: int | None = None, vocabulary=None):
     """build_features over the timeline log (+ one query for an unknown user and video)."""
     from pyspark.sql import functions as F
 
@@ -27,7 +28,7 @@ def featurise(spark, feature_settings, shuffle_seed: int, history_rel: int | Non
     unknown = spark.createDataFrame([("unknown", 3, 999, tl.DAY0 + 7_000, None)],
                                     "impression_id string, user_id bigint, video_id bigint, time_ms bigint, tab int")
     queries = queries.unionByName(unknown.withColumn("date", F.lit(None).cast("date")))
-    return build_features(queries, log, users, videos, history, feature_settings)
+    return build_features(queries, log, users, videos, history, feature_settings, vocabulary)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """A hand-built user timeline and a plain-Python oracle for the point-in-time features.
 
 The timeline has equal timestamps, an exact duplicate, a user with history and one without, a
-video with two authors' worth of traffic, and is fed to Spark in a scrambled order.
+video with two authors' worth of traffic, events whose playback outlasts the next impressions (their
+labels become visible only when playback ends), and is fed to Spark in a scrambled order.
 """
 from __future__ import annotations
 
@@ -15,20 +16,25 @@ from conf.tables import RAW_LOG_SCHEMA
 
 DAY0 = 1_650_816_000_000  # 2022-04-25 00:00 UTC+8
 
-# (user, video, ms after DAY0, click, long_view, like)
+# (user, video, ms after DAY0, click, long_view, like, play_time_ms)
 EVENTS = [
-    (1, 10, 1_000, 1, 1, 0),
-    (1, 11, 2_000, 1, 0, 1),
-    (1, 12, 2_000, 1, 0, 0),   # same millisecond as the previous one
-    (1, 13, 3_000, 1, 1, 0),
-    (1, 13, 3_000, 1, 1, 0),   # exact duplicate
-    (1, 14, 4_000, 0, 0, 0),
-    (1, 15, 5_000, 1, 0, 1),
-    (1, 16, 86_400_000 + 10, 1, 1, 1),  # next day
-    (2, 10, 1_500, 0, 0, 0),
-    (2, 13, 3_000, 1, 1, 1),   # same ms as user 1's event on the same video
-    (2, 10, 6_000, 1, 0, 0),
+    (1, 10, 1_000, 1, 1, 0, 0),
+    (1, 11, 2_000, 1, 0, 1, 2_500),  # liked, playback ends at 4_500: after the rows at 3_000 and 4_000
+    (1, 12, 2_000, 1, 0, 0, 0),   # same millisecond as the previous one
+    (1, 13, 3_000, 1, 1, 0, 0),
+    (1, 13, 3_000, 1, 1, 0, 0),   # exact duplicate
+    (1, 14, 4_000, 0, 0, 0, 1_000),  # ends at 5_000, when the next row starts: invisible to it
+    (1, 15, 5_000, 1, 0, 1, 0),
+    (1, 16, 86_400_000 + 10, 1, 1, 1, 0),  # next day
+    (2, 10, 1_500, 0, 0, 0, 0),
+    (2, 13, 3_000, 1, 1, 1, 3_000),  # same ms as user 1's event on the same video; ends at 6_000
+    (2, 10, 6_000, 1, 0, 0, 0),   # starts the moment the previous playback ends: it does not see it
 ]
+
+
+def visible_ms(event) -> int:
+    """When an event's labels become known (absolute ms): the end of its playback."""
+    return DAY0 + event[2] + event[6]
 HISTORY = [  # user, last_time_ms (relative), watch_seq (oldest first), like_seq, long_watch_seq
     (1, -50_000, [90, 91, 92], [91], [92]),
 ]
@@ -37,13 +43,13 @@ VIDEOS = [(10, 100), (11, 100), (12, 101), (13, 101), (14, 100), (15, 102), (16,
 
 def log_rows() -> list[dict]:
     rows = []
-    for user, video, ms, click, lv, like in EVENTS:
+    for user, video, ms, click, lv, like, play in EVENTS:
         t = DAY0 + ms
         local = dt.datetime.fromtimestamp((t + 8 * 3600_000) / 1000, dt.timezone.utc)
         rows.append(dict(
             user_id=user, video_id=video, date=int(local.strftime("%Y%m%d")), hourmin=local.hour * 100,
             time_ms=t, is_click=click, is_like=like, is_follow=0, is_comment=0, is_forward=0, is_hate=0,
-            long_view=lv, play_time_ms=1000 * (1 + lv), duration_ms=10_000, profile_stay_time=0,
+            long_view=lv, play_time_ms=play, duration_ms=10_000, profile_stay_time=0,
             comment_stay_time=0, is_profile_enter=0, is_rand=0, tab=1,
         ))
     return rows
@@ -90,10 +96,11 @@ HISTORY_INDEX = {"click": 2, "long_view": 4, "like": 3}
 
 
 def expected_sequence(user: int, t: int, behaviour: str, n: int, item_of) -> tuple[list[int], list[float]]:
-    """Items and gaps a query of ``user`` at absolute ``t`` must see: positives strictly before,
-    newest first (ties: larger item first), then history (newest first) if it ended before ``t``."""
-    earlier = [(DAY0 + e[2], item_of(e[1])) for e in EVENTS
-               if e[0] == user and DAY0 + e[2] < t and e[BEHAVIOUR_INDEX[behaviour]] == 1]
+    """Items and gaps a query of ``user`` at absolute ``t`` must see: positives visible strictly before
+    (playback ended), newest first (ties: larger item first), then history (newest first) if it ended
+    before ``t``; gaps count from the moment each event became visible."""
+    earlier = [(visible_ms(e), item_of(e[1])) for e in EVENTS
+               if e[0] == user and visible_ms(e) < t and e[BEHAVIOUR_INDEX[behaviour]] == 1]
     earlier.sort(reverse=True)
     items = [i for _, i in earlier]
     gaps = [math.log1p((t - et) / 1000) for et, _ in earlier]
@@ -107,6 +114,6 @@ def expected_sequence(user: int, t: int, behaviour: str, n: int, item_of) -> tup
 
 
 def expected_user_counts(user: int, t: int) -> tuple[int, int, int, int]:
-    """(n, clicks, long_views, likes) of the user's events strictly before ``t``."""
-    earlier = [e for e in EVENTS if e[0] == user and DAY0 + e[2] < t]
+    """(n, clicks, long_views, likes) of the user's events visible strictly before ``t``."""
+    earlier = [e for e in EVENTS if e[0] == user and visible_ms(e) < t]
     return len(earlier), sum(e[3] for e in earlier), sum(e[4] for e in earlier), sum(e[5] for e in earlier)

@@ -1,6 +1,8 @@
 """Sequences: strictly before, newest first, truncated to N, seeded by history; order-proof."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import feature_timeline as tl
@@ -55,7 +57,8 @@ def test_equal_timestamps_and_duplicates_are_invisible(timeline_rows, item_of):
 def test_newest_first_and_truncated(timeline_rows, item_of):
     row = next(r for r in _logged(timeline_rows) if r["video_id"] == 16)
     assert len(row["seq_click"]) == SEQ_LEN
-    assert row["seq_click"][:3] == [item_of(15), item_of(13), item_of(13)]
+    # newest by the end of playback: video 11 (2000 + 2500 ms) comes after 13 (3000 + 0)
+    assert row["seq_click"][:3] == [item_of(15), item_of(11), item_of(13)]
     gaps = row["seq_click_gap"]
     assert gaps == sorted(gaps) and all(g >= 0 for g in gaps)
 
@@ -69,5 +72,17 @@ def test_history_is_only_used_when_it_ended_strictly_before(spark, feature_setti
     rows = featurise(spark, feature_settings, 0, history_rel=2_000).where("user_id = 1").collect()
     for r in rows:
         n_hist_visible = len(r["seq_like"]) - sum(
-            1 for e in tl.EVENTS if e[0] == 1 and tl.DAY0 + e[2] < r["time_ms"] and e[5] == 1)
+            1 for e in tl.EVENTS if e[0] == 1 and tl.visible_ms(e) < r["time_ms"] and e[5] == 1)
         assert n_hist_visible == (min(1, SEQ_LEN) if r["time_ms"] > tl.DAY0 + 2_000 else 0), r["time_ms"]
+
+
+def test_a_label_is_visible_only_once_playback_ended(timeline_rows, item_of):
+    """User 1 liked video 11 at 2000 ms and watched it until 4500 ms."""
+    at = {(r["user_id"], r["time_ms"] - tl.DAY0, r["video_id"]): r for r in _logged(timeline_rows)}
+    history_likes = [item_of(v) for v in reversed(tl.HISTORY[0][3])]
+    assert at[(1, 3_000, 13)]["seq_like"] == history_likes[:SEQ_LEN]
+    assert at[(1, 4_000, 14)]["seq_like"] == history_likes[:SEQ_LEN]
+    assert at[(1, 5_000, 15)]["seq_like"][0] == item_of(11)
+    assert at[(1, 5_000, 15)]["seq_like_gap"][0] == pytest.approx(math.log1p(0.5), rel=1e-6)  # 500 ms after the end
+    # user 2's view of video 13 ends at 6000, exactly when its next row starts: not visible
+    assert at[(2, 6_000, 10)]["seq_click"] == []

@@ -141,3 +141,24 @@ def test_training_over_streamed_batches(spark, examples):
                          TrainConfig(epochs=2, batch_size=8, progress=False, patience=5))
     assert result.metrics["train_examples"] == 2 * 40 and result.metrics["epochs_run"] == 2
     assert result.metrics["test"]["click"]["n"] > 0
+
+
+def test_dense_columns_become_a_float_matrix_with_nulls_as_zero():
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    from features.spec import DenseField, demo_spec
+    from model.data import arrow_to_batch, model_inputs
+
+    spec = replace(demo_spec(seq_len=2), dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
+    cols = {c.column: pa.array([1, 2]) for c in spec.categorical}
+    for s in spec.sequences:
+        cols[s.column], cols[s.gap_column] = pa.array([[5], []]), pa.array([[0.5], []])
+    cols["dense_user_n_prior_log1p"] = pa.array([1.5, None], pa.float32())
+    cols["dense_video_like_rate_logit"] = pa.array([-4.0, 2.25], pa.float64())
+    batch = arrow_to_batch(pa.RecordBatch.from_pydict(cols), spec)
+    assert batch["dense"].tolist() == [[1.5, -4.0], [0.0, 2.25]] and batch["dense"].dtype == torch.float32
+    assert set(model_inputs(batch)) == {"cat", "seq", "seq_gap", "dense"}
+    plain = arrow_to_batch(pa.RecordBatch.from_pydict(cols), demo_spec(seq_len=2))
+    assert "dense" not in plain and set(model_inputs(plain)) == {"cat", "seq", "seq_gap"}

@@ -24,6 +24,10 @@ SMALL = dict(d=16, cat_proxy_hidden=32, gate_hidden=16, head_hidden=(16,), dropo
 VARIANTS = {
     "default": {},
     "gate_updated": {"gate_source": "updated"},
+    "gate_layer": {"gate_source": "layer"},
+    "pgu_residual_update": {"pgu_residual": "update"},
+    "pgu_residual_gate": {"pgu_residual": "gate"},
+    "updated_pgu_update_3_blocks": {"gate_source": "updated", "pgu_residual": "update", "n_blocks": 3},
     "three_blocks": {"n_blocks": 3},
     "one_block": {"n_blocks": 1},
     "no_residual_no_layernorm": {"residual": False, "layernorm": False},
@@ -135,20 +139,57 @@ def test_user_side_reuse_equals_the_plain_forward(variant, layout):
 
 
 def test_block_plan_follows_the_spec_equations():
-    cfg = INFNetConfig()
-    computes, needed = plan_block(cfg, frozenset({"T"}))  # last block: T^ and its PGU only
+    layer = INFNetConfig(gate_source="layer")
+    computes, needed = plan_block(layer, frozenset({"T"}))  # last block: T^ and its PGU only
     assert computes == {"T"} and needed == {"T", "C", "S", "Tp"}
-    computes, _ = plan_block(replace(cfg, gate_source="updated"), frozenset({"T"}))
-    assert computes == {"T", "Tp"}  # the gate reads T~'
-    computes, _ = plan_block(cfg, frozenset({"T", "C", "S", "Tp", "Cp", "Sp"}))
+    computes, _ = plan_block(INFNetConfig(), frozenset({"T"}))
+    assert computes == {"T", "Tp"}  # the default gate reads T~'
+    computes, _ = plan_block(layer, frozenset({"T", "C", "S", "Tp", "Cp", "Sp"}))
     assert computes == {"T", "C", "S", "Tp", "Cp", "Sp"}
-    default = make()
-    assert [len(b.ca) for b in default.blocks] == [4, 2]  # T~ and T attentions, then T's
-    assert default.n_user_blocks == 2  # block-2 keys of S are still user-only (layer-0 gate)
+    old_default = make(gate_source="layer", pgu_residual="gate")
+    assert [len(b.ca) for b in old_default.blocks] == [4, 2]  # T~ and T attentions, then T's: half dead
+    assert old_default.n_user_blocks == 2  # block-2 keys of S are still user-only (layer-0 gate)
     batch = random_batch(SPEC, 2)
-    state = default.encode_user({"cat_user": batch["cat"][:, :2], "seq": batch["seq"], "seq_gap": batch["seq_gap"]})
+    state = old_default.encode_user({"cat_user": batch["cat"][:, :2], "seq": batch["seq"], "seq_gap": batch["seq_gap"]})
     assert {"seq_tokens_0", "seq_tokens_1"} <= set(state)
-    assert make(gate_source="updated").n_user_blocks == 1
+    assert make().n_user_blocks == 1
+
+
+ALL_ATTENTIONS = {"cp_s", "cp_t", "sp_c", "sp_t", "tp_c", "tp_s", "t_c", "t_s"}
+
+
+def test_every_equation_of_a_block_reaches_the_heads_under_the_default_choices():
+    """Issue 16 item 1: with the defaults (2 blocks) all eight cross-attentions of the first block exist
+    and every one of their parameters gets a non-zero gradient; the last block keeps what reaches T."""
+    assert INFNetConfig().n_blocks == 2
+    model = make().train()
+    assert set(model.blocks[0].ca) == ALL_ATTENTIONS
+    assert set(model.blocks[1].ca) == {"tp_c", "tp_s", "t_c", "t_s"}
+    batch = random_batch(SPEC, 8, seed=13)
+    MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0].backward()
+    for b, block in enumerate(model.blocks):
+        for name, attention in block.ca.items():
+            for pname, p in attention.named_parameters():
+                assert p.grad is not None and p.grad.abs().sum() > 0, (b, name, pname)
+    # and the gates of C and S (which read C~' and S~') reach the heads too
+    assert all(p.grad.abs().sum() > 0 for x in ("C", "S") for p in model.blocks[0].gates[x].parameters())
+
+
+def test_the_default_gate_can_suppress_and_the_literal_one_cannot():
+    """LN(X + X g) only ever scales by 1 + g in [1, 2]; around the update, g near 0 removes the update."""
+    for residual, suppresses in (("update", True), ("gate", False)):
+        model = make(pgu_residual=residual).eval()
+        block = model.blocks[-1]
+        with torch.no_grad():
+            last = [m for m in block.gates["T"] if isinstance(m, torch.nn.Linear)][-1]
+            last.weight.zero_()
+            last.bias.fill_(-30.0)  # sigmoid -> 0: a closed gate
+            closed = model(random_batch(SPEC, 4, seed=14))
+            for name in ("t_c", "t_s"):
+                block.ca[name].v_proj.weight.mul_(3.0)  # a different attention update...
+            moved = model(random_batch(SPEC, 4, seed=14))
+        # ...changes nothing when the gate can close it off, and does when the residual bypasses the gate
+        assert ((moved - closed).abs().max() < 1e-5) == suppresses, residual
 
 
 def test_a_tiny_batch_can_be_overfit():

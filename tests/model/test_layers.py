@@ -167,3 +167,22 @@ def test_group_by_user_finds_each_request_and_expands_back():
     expanded = take_user_rows(batch_user, index)
     for k, v in user_batch(batch, SPEC).items():
         torch.testing.assert_close(expanded[k], v)
+
+
+def test_an_exact_vocabulary_field_embeds_id_0_as_the_mean_of_its_rows():
+    fields = (replace(SPEC.categorical[0], vocabulary="user_id"), *SPEC.categorical[1:])
+    torch.manual_seed(0)
+    emb = CategoricalEmbedding(fields, out_dim=8)
+    cat = random_batch(SPEC, 4, seed=5)["cat"]
+    cat[0, 0], cat[1, 1] = 0, 0  # field 0 (exact) and field 1 (hashed) unseen in one row each
+    out = emb(cat)
+    table, size = emb.tables[0].weight, fields[0].vocab_size
+    torch.testing.assert_close(out[0, 0], table[1:size].mean(0))  # the field's rows 1..n, not row 0
+    torch.testing.assert_close(out[1, 1], table[size])  # a hashed field keeps its own row 0
+    torch.testing.assert_close(out[2, 0], table[cat[2, 0]])  # seen ids are untouched
+    plain = CategoricalEmbedding(fields, out_dim=8, cold_start_mean=False)
+    with torch.no_grad():
+        plain.tables[0].weight.copy_(table)
+    torch.testing.assert_close(plain(cat)[0, 0], table[0])
+    out[0, 0].sum().backward()  # the cold-start row learns through the rows it averages
+    assert emb.tables[0].weight.grad[1:size].abs().sum() > 0

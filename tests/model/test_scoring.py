@@ -202,3 +202,29 @@ def test_out_of_range_ids_are_mapped_to_zero_and_counted(store):
     assert out.schema.field("video_id").type == pa.int64() and out.column("video_id").to_pylist() == list(range(9))
     expected = score_record_batch(load_predictor(store, "infnet@1"), clean, reuse_user_side=False)
     np.testing.assert_allclose(out.column("score_click").to_numpy(), expected["click"], rtol=1e-5, atol=1e-6)
+
+
+def test_dense_inputs_score_the_same_in_both_layouts_with_and_without_reuse(tmp_path):
+    """A spec with dense fields: the dense values travel per candidate (packed) or per row (flat)."""
+    from dataclasses import replace
+
+    from features.spec import DenseField
+
+    spec = replace(SPEC, dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
+    root = str(tmp_path)
+    save_model(root, "infnet", build_model("infnet", spec, seed=0), spec, architecture="infnet")
+    predictor = load_predictor(root, "infnet")
+    data = candidate_batch(seed=3)
+    rng = np.random.default_rng(0)
+    for f in spec.dense:
+        data = data.append_column(f.column, pa.array(rng.normal(0, 2, data.num_rows).astype(np.float32)))
+    naive = score_record_batch(predictor, data, reuse_user_side=False)
+    reused = score_record_batch(predictor, data, reuse_user_side=True)
+    packed = pack_adjacent_rows(data, spec, ("request_id", "impression_id")).to_batches()[0]
+    _, _, from_packed = score_packed_batch(predictor, packed, reuse_user_side=True)
+    for task in naive:
+        np.testing.assert_allclose(reused[task], naive[task], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(from_packed[task], naive[task], rtol=1e-5, atol=1e-6)
+    moved = data.set_column(data.schema.get_field_index("dense_video_like_rate_logit"), "dense_video_like_rate_logit",
+                            pa.array(np.full(data.num_rows, 5.0, np.float32)))
+    assert np.abs(score_record_batch(predictor, moved)["click"] - naive["click"]).max() > 1e-6

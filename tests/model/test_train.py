@@ -55,9 +55,14 @@ def test_training_learns_and_reports_metrics():
     result = build_and_train(MODEL, SPEC, data(1200, 1, shuffle=True), data(400, 2), data(400, 3),
                              quick_config(epochs=4), builder=builder)
     m = result.metrics
-    assert m["test"]["mtl_auc"] > 0.6  # the synthetic labels are learnable
+    # the synthetic labels are learnable: every task beats chance, and the same model left untrained, by a margin
+    untrained = build_and_train(MODEL, SPEC, data(1200, 1, shuffle=True), data(400, 2), data(400, 3),
+                                quick_config(epochs=1, lr=0.0), builder=builder).metrics
+    assert m["test"]["mtl_auc"] > 0.6
     for task in ("click", "like", "long_view"):
-        assert 0.0 <= m["valid"][task]["auc"] <= 1.0 and "gauc" in m["test"][task]
+        assert m["test"][task]["auc"] > 0.6 and m["valid"][task]["auc"] > 0.6, (task, m["test"][task])
+        assert m["test"][task]["auc"] > untrained["test"][task]["auc"] + 0.1, task
+        assert 0.0 < m["test"][task]["gauc"] < 1.0
     assert "rmse" in m["test"]["play_time"]
     assert m["parameters"] > 0 and m["train_examples"] > 0
 
@@ -151,3 +156,33 @@ def test_task_weight_flag_takes_numbers_only():
                                       "2022-04-26", "--task-weight", "like=2", "--embedding-lr", "1e-4"])
     config = train_config_from_args(args)
     assert config.task_weights == {"like": 2.0} and config.embedding_lr == 1e-4
+
+
+def test_gradnorm_loss_matches_the_paper_s_formula_by_hand():
+    loss = MultiTaskLoss(SPEC, {"like": 10.0}, gradnorm=True, gradnorm_alpha=1.0)
+    shared = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    a = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0], [6.0, 8.0]])  # ∇_W L_i = a_i: norms 5, 1, 1, 10
+    losses = (a * shared).sum(1)  # 11, 2, 1, 22 at the first step: L_i(0)
+    w = loss.gradnorm_weights  # starts at λ = 1, 10, 1, 1
+    G = torch.tensor([5.0, 10.0, 1.0, 10.0])  # w_i * ||∇_W L_i||
+    want = (G - G.mean()).abs().sum()  # r_i = 1 at the first step
+    got = loss.gradnorm_loss(losses, [shared])
+    assert got.item() == pytest.approx(want.item())
+    (grad,) = torch.autograd.grad(got, w)
+    torch.testing.assert_close(grad, torch.sign(G - G.mean()) * torch.tensor([5.0, 1.0, 1.0, 10.0]))
+    # later: task 0 halved its loss, the others did not -> r = (0.5, 1, 1, 1) / 0.875; target mean(G) r^α
+    later = loss.gradnorm_loss(losses * torch.tensor([0.5, 1.0, 1.0, 1.0]), [shared])
+    r = torch.tensor([0.5, 1.0, 1.0, 1.0]) / 0.875
+    G_later = torch.tensor([2.5, 10.0, 1.0, 10.0])  # task 0's gradient halved with its loss
+    assert later.item() == pytest.approx((G_later - G_later.mean() * r).abs().sum().item(), rel=1e-6)
+
+
+def test_gradnorm_learns_weights_that_keep_their_sum():
+    result = build_and_train(MODEL, SPEC, data(300, 1, shuffle=True), data(100, 2), None,
+                             quick_config(gradnorm=True, epochs=2, gradnorm_lr=0.05), builder=builder)
+    weights = result.metrics["gradnorm_weights"]
+    assert set(weights) == {t.name for t in SPEC.tasks}
+    assert sum(weights.values()) == pytest.approx(13.0, rel=1e-4)  # Σ λ: like 10, the others 1
+    assert abs(weights["like"] - 10.0) > 1e-3 and all(v > 0 for v in weights.values())
+    with pytest.raises(ValueError, match="one of"):
+        MultiTaskLoss(SPEC, uncertainty_weighting=True, gradnorm=True)

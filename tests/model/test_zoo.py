@@ -9,13 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from features.spec import demo_spec
+from features.spec import DenseField, demo_spec
 from model.base import RankingModel, group_by_user, random_batch, repeat_users
 from model.baselines import DIN, DINConfig
 from model.registry import MODEL_NAMES, build_model, config_class, make_config
 from model.train import MultiTaskLoss
 
 SPEC = demo_spec(seq_len=6)
+# the same with raw dense values (counts / rates), one user-side and two item-side
+DENSE_SPEC = replace(SPEC, dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item"),
+                                  DenseField("author_n_prior_log1p", "item")))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,7 +31,7 @@ def one_thread():
 
 
 def test_the_registry_lists_the_issue_s_models():
-    assert MODEL_NAMES == ("infnet", "shared_bottom", "mmoe", "ple", "dcnv2", "din", "deepfm")
+    assert MODEL_NAMES == ("infnet", "shared_bottom", "mmoe", "omoe", "ple", "stem", "dcnv2", "din", "deepfm")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("wukong", SPEC)
     with pytest.raises(ValueError, match="unknown MMoEConfig field"):
@@ -38,7 +41,13 @@ def test_the_registry_lists_the_issue_s_models():
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_one_train_step(name):
     model = build_model(name, SPEC, seed=0)
-    assert isinstance(model, RankingModel) and model.n_params() > 10_000
+    assert isinstance(model, RankingModel)
+    tables = model.cat_embedding.tables  # one row per bucket of every categorical field, 0 included
+    assert sum(t.num_embeddings for t in tables) == sum(f.vocab_size for f in SPEC.categorical)
+    total, table_size = model.n_params(), sum(t.weight.numel() for t in tables)
+    model.cat_embedding.requires_grad_(False)  # n_params counts what trains
+    assert model.n_params() == total - table_size and model.n_params(trainable_only=False) == total
+    model.cat_embedding.requires_grad_(True)
     batch = random_batch(SPEC, 16, seed=1)
     out = model.train()(batch)
     assert out.shape == (16, len(SPEC.tasks)) and torch.isfinite(out).all()
@@ -54,16 +63,33 @@ def test_one_train_step(name):
     assert MultiTaskLoss(model.spec)(model(batch), batch["label"], batch["mask"])[0] < loss
 
 
+@pytest.mark.parametrize("spec", [SPEC, DENSE_SPEC], ids=["categorical", "dense"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_user_side_reuse_equals_the_plain_forward(name):
-    model = build_model(name, SPEC, seed=0).eval()
-    batch = repeat_users(random_batch(SPEC, 10, seed=2), SPEC, [1, 1, 1, 1, 3, 3, 6, 6, 6, 9])
-    batch_user, user_index = group_by_user(batch, SPEC)
+def test_user_side_reuse_equals_the_plain_forward(name, spec):
+    model = build_model(name, spec, seed=0).eval()
+    batch = repeat_users(random_batch(spec, 10, seed=2), spec, [1, 1, 1, 1, 3, 3, 6, 6, 6, 9])
+    batch_user, user_index = group_by_user(batch, spec)
     assert batch_user["cat_user"].shape[0] == 4
     state = model.encode_user(batch_user)
     assert all(v.shape[0] == 4 for v in state.values())
-    reused = model({"cat": batch["cat"]}, state, user_index)
+    candidates = {k: batch[k] for k in ("cat", "dense") if k in batch}
+    reused = model(candidates, state, user_index)
     torch.testing.assert_close(reused, model(batch), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_dense_values_reach_every_model_and_are_required(name):
+    model = build_model(name, DENSE_SPEC, seed=0).train()
+    batch = random_batch(DENSE_SPEC, 8, seed=11)
+    out = model(batch)
+    MultiTaskLoss(DENSE_SPEC)(out, batch["label"], batch["mask"])[0].backward()
+    dense_params = [p for n, p in model.named_parameters() if "dense" in n]
+    assert dense_params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in dense_params)
+    model.eval()
+    moved = {**batch, "dense": batch["dense"] + 1.0}
+    assert (model(moved) - model(batch)).abs().max() > 1e-6
+    with pytest.raises(KeyError, match="dense"):
+        model({k: v for k, v in batch.items() if k != "dense"})
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
