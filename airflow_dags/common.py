@@ -41,6 +41,7 @@ REPO_ROOT = Path(os.environ.get("INFNET_REPO") or Path(__file__).resolve().paren
 # defaults ($INFNET_LAKE, <repo>/lake) from the one definition. Appended: never shadows Airflow.
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))
+from conf import tables  # noqa: E402
 from conf.settings import Settings  # noqa: E402
 
 SETTINGS = Settings()
@@ -117,14 +118,13 @@ def model_store_asset(settings: Settings = SETTINGS) -> Asset:
     )
 
 
-# Table names as conf/tables.py defines them (tests/airflow_dags checks the two stay equal: the
-# Airflow venv has no pyspark, so conf.tables itself cannot be imported here).
-BRONZE_LOG = table_asset("bronze_log")
-EXAMPLES = table_asset("examples")
-CANDIDATES = table_asset("candidates")
-SCORES = table_asset("scores")
-METRICS = table_asset("metrics")
-AB_REPORTS = table_asset("ab_reports")
+# The tables the DAGs produce or read, named by conf/tables.py (which imports no pyspark).
+BRONZE_LOG = table_asset(tables.BRONZE_LOG.name)
+EXAMPLES = table_asset(tables.EXAMPLES.name)
+CANDIDATES = table_asset(tables.CANDIDATES.name)
+SCORES = table_asset(tables.SCORES.name)
+METRICS = table_asset(tables.METRICS.name)
+AB_REPORTS = table_asset(tables.AB_REPORTS.name)
 MODELS = model_store_asset()
 
 

@@ -427,17 +427,10 @@ def report_id_for(control: str, treatment: str, dates: Sequence[str]) -> str:
 
 
 def ab_report_schema():
-    from pyspark.sql import types as T
+    """The ``ab_reports`` table's schema (``conf.schemas.AB_REPORTS_SCHEMA``; pyspark loaded on call)."""
+    from conf.schemas import AB_REPORTS_SCHEMA
 
-    doubles = ["control_value", "treatment_value", "delta", "rel_delta", "ci_low", "ci_high", "p_value"]
-    return T.StructType(
-        [T.StructField(c, T.StringType(), False) for c in ("report_id", "control", "treatment", "dates")]
-        + [T.StructField(c, T.StringType(), False) for c in ("task", "metric", "slice", "verdict")]
-        + [T.StructField(c, T.DoubleType(), True) for c in doubles]
-        + [T.StructField(c, T.LongType(), False) for c in ("n", "n_users", "matched_rows")]
-        + [T.StructField(c, T.IntegerType(), False) for c in ("n_boot", "seed")]
-        + [T.StructField("created_at", T.TimestampType(), False)]
-    )
+    return AB_REPORTS_SCHEMA
 
 
 def ab_report_rows(result: ABResult, report_id: str) -> list[tuple]:

@@ -50,8 +50,8 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
+from conf.schemas import METRICS_SCHEMA, with_leading_fields
 from conf.tables import score_column  # noqa: F401 - re-exported for evaluation.ab
 from features.spec import TaskField
 from model.metrics import (  # noqa: F401 - the numpy twins, re-exported for evaluation.ab and the tests
@@ -76,13 +76,6 @@ BINARY_METRICS = ("auc", "gauc", "gauc_users_used", "gauc_users_skipped", "loglo
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 MTL_TASK = "mtl"
 
-METRICS_SCHEMA = T.StructType([
-    T.StructField("task", T.StringType(), False),
-    T.StructField("metric", T.StringType(), False),
-    T.StructField("slice", T.StringType(), False),
-    T.StructField("value", T.DoubleType(), True),  # null: undefined (one class only, ...)
-    T.StructField("n", T.LongType(), False),
-])
 
 
 def tasks_in_columns(columns: Iterable[str], known: Sequence[TaskField]) -> list[TaskField]:
@@ -169,7 +162,7 @@ def score_counts(
         rows += [(*head, COUNT_TASK, m, "all", float(r[m]), int(r[m])) for m in ("n_scored", "n_unlogged", "n_without_examples")]
         rows += [(*head, t.name, "n_invalid_scores", "all", float(r[f"_invalid_{t.name}"]), int(r[f"_invalid_{t.name}"]))
                  for t in tasks]
-    schema = T.StructType([scores_df.schema[g] for g in group_by] + METRICS_SCHEMA.fields)
+    schema = with_leading_fields([scores_df.schema[g] for g in group_by], METRICS_SCHEMA)
     return scores_df.sparkSession.createDataFrame(rows, schema)
 
 
@@ -260,7 +253,7 @@ def compute_metrics(
     """
     spark = df.sparkSession
     group_by = list(group_by)
-    schema = T.StructType([df.schema[g] for g in group_by] + METRICS_SCHEMA.fields)
+    schema = with_leading_fields([df.schema[g] for g in group_by], METRICS_SCHEMA)
     if not tasks:
         return spark.createDataFrame([], schema)
     binary_names = [t.name for t in tasks if t.kind == "binary"]
@@ -301,7 +294,7 @@ def _mtl_rows(rows: list[tuple], n_groups: int = 0) -> list[tuple]:
     """MTL-AUC per (group, slice): the mean of the defined binary-task AUCs; n = the largest task's n."""
     by_slice: dict[tuple, list[tuple[float, int]]] = {}
     for row in rows:
-        head, (task, metric, sl, value, n) = row[:n_groups], row[n_groups:]
+        head, (_task, metric, sl, value, n) = row[:n_groups], row[n_groups:]
         if metric == "auc" and value is not None and not (isinstance(value, float) and math.isnan(value)):
             by_slice.setdefault((*head, sl), []).append((value, n))
     return [

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from conf.tables import CANDIDATE_SOURCES, CANDIDATES_SCHEMA
+from conf.schemas import CANDIDATE_SOURCES, CANDIDATES_SCHEMA
 from features.spec import FeatureSpec
 
 REQUEST_COLUMN = "request_id"

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from conf.schemas import USER_CATEGORICAL
 from conf.settings import FeatureSettings
-from conf.tables import USER_CATEGORICAL
 from features.spec import CategoricalField
 
 if TYPE_CHECKING:

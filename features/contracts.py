@@ -31,11 +31,18 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from conf.tables import (
-    BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, LOG_BINARY_LABELS, LOG_DATE_TOLERANCE_HOURS,
-    LOG_DATE_UTC_OFFSET_HOURS, LOG_NON_NEGATIVE, QUARANTINE_SCHEMA, RAW_HISTORY_SCHEMA, RAW_LOG_SCHEMA,
-    RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA,
+from conf.schemas import (
+    LOG_BINARY_LABELS,
+    LOG_DATE_TOLERANCE_HOURS,
+    LOG_DATE_UTC_OFFSET_HOURS,
+    LOG_NON_NEGATIVE,
+    QUARANTINE_SCHEMA,
+    RAW_HISTORY_SCHEMA,
+    RAW_LOG_SCHEMA,
+    RAW_USER_SCHEMA,
+    RAW_VIDEO_SCHEMA,
 )
+from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
 
 # Bookkeeping columns the reader adds next to the raw string columns.
 SOURCE_FILE_COL = "_source_file"
@@ -257,19 +264,6 @@ def with_source_position(df: DataFrame) -> DataFrame:
 
 
 # One row per (ingest run, table): the reconciliation the ingest job stores in ``ingest_audit``.
-INGEST_AUDIT_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType(), False),
-    T.StructField("table_name", T.StringType(), False),
-    T.StructField("source_file", T.StringType(), False),
-    T.StructField("dates", T.StringType(), True),  # comma list of the dates landed (log only)
-    T.StructField("rows_read", T.LongType(), False),
-    T.StructField("rows_landed", T.LongType(), False),
-    T.StructField("rows_quarantined", T.LongType(), False),
-    T.StructField("reconciled", T.BooleanType(), False),
-    T.StructField("ingested_at", T.TimestampType(), False),
-    # raw columns outside the contract, not landed anywhere (comma list; null: none)
-    T.StructField("ignored_columns", T.StringType(), True),
-])
 
 
 def raw_date_sql(column: str) -> str:

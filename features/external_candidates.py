@@ -27,7 +27,8 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from conf.tables import CANDIDATES, EXTERNAL_CANDIDATES_SCHEMA, QUARANTINE_SCHEMA
+from conf.schemas import EXTERNAL_CANDIDATES_SCHEMA, QUARANTINE_SCHEMA
+from conf.tables import CANDIDATES
 from features.candidates import conform_candidates
 from features.categorical import DAY_MS
 from features.contracts import SOURCE_FILE_COL, SOURCE_ROW_COL, conform

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from conf.tables import RAW_HISTORY_SCHEMA, RAW_LOG_SCHEMA, RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA, USER_CATEGORICAL
+from conf.schemas import (
+    RAW_HISTORY_SCHEMA,
+    RAW_LOG_SCHEMA,
+    RAW_USER_SCHEMA,
+    RAW_VIDEO_SCHEMA,
+    USER_CATEGORICAL,
+)
 
 REAL_ROWS, REAL_USERS, REAL_VIDEOS = 171_671, 27_285, 7_583
 START = dt.datetime(2022, 4, 25, tzinfo=dt.timezone(dt.timedelta(hours=8)))

@@ -16,9 +16,8 @@ import argparse
 import dataclasses
 import logging
 import sys
-from pathlib import Path
 
-from jobs.common import JobError, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, parse_model_ref, pin_model_ref, run_job
 from jobs.evaluate import known_tasks, read_model_scores, read_slice_values
 
 log = logging.getLogger("infnet.ab_report")
@@ -38,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("ab_report", __doc__.splitlines()[0])
     parser.add_argument("--control", type=parse_model_ref, required=True, help="A: NAME@VERSION (NAME alone: the newest version)")
     parser.add_argument("--treatment", type=parse_model_ref, required=True, help="B: NAME@VERSION (NAME alone: the newest version)")
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser)
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of users (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--k", dest="ks", type=_int_list, default=(5, 10), help="top-K cut-offs (default 5,10)")
@@ -98,25 +96,8 @@ def dates_label(dates: list[str]) -> str:
     return f"{dates[0]}..{dates[-1]}" if contiguous and len(dates) > 1 else ",".join(dates)
 
 
-def write_text(spark, path: str, text: str) -> None:
-    """Write a small text file to a local path or any Hadoop filesystem URI."""
-    if "://" not in path or path.startswith("file:"):
-        local = Path(path.removeprefix("file://").removeprefix("file:"))
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_text(text, encoding="utf-8")
-        return
-    jvm = spark._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark._jsc.hadoopConfiguration())
-    out = fs.create(hpath, True)
-    try:
-        out.write(bytearray(text.encode("utf-8")))
-    finally:
-        out.close()
-
-
 def body(spark, settings, args) -> None:
-    from conf.lake import read_table, write_table
+    from conf.lake import read_table, write_table, write_text
     from conf.tables import AB_REPORTS, EXAMPLES
     from evaluation.ab import ABConfig, ABInputError, ab_report_rows, ab_report_schema, report_id_for, run_ab
     from evaluation.report import render_html, render_markdown

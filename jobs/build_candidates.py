@@ -25,7 +25,7 @@ import logging
 import sys
 import uuid
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, run_job
 
 log = logging.getLogger("infnet.build_candidates")
 
@@ -35,8 +35,7 @@ def build_parser():
 
     rs = RetrievalSettings()
     parser = base_parser("build_candidates", __doc__)
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser)
     parser.add_argument("--source", choices=("logged", "retrieval"), default="logged",
                         help="logged replay (default) or Spark retrieval; --from imports an external source")
     parser.add_argument("--window-minutes", type=int, default=60, help="logged: request window (default 60)")
@@ -114,7 +113,8 @@ def _is_delta(spark, path: str) -> bool:
 def prepare_table(spark, settings) -> None:
     """Lakes built before the ``source`` column: add the new columns, mark old rows ``logged``."""
     from conf.lake import add_missing_columns
-    from conf.tables import CANDIDATES, CANDIDATES_SCHEMA
+    from conf.schemas import CANDIDATES_SCHEMA
+    from conf.tables import CANDIDATES
 
     added = add_missing_columns(spark, settings, CANDIDATES, CANDIDATES_SCHEMA, fill={"source": "'logged'"})
     if added:
@@ -181,8 +181,9 @@ def import_external(spark, settings, args, date: str) -> None:
     from pyspark.sql import functions as F
 
     from conf.lake import read_table, write_table
+    from conf.schemas import INGEST_AUDIT_SCHEMA
     from conf.tables import BRONZE_USERS, BRONZE_VIDEOS, CANDIDATES, INGEST_AUDIT, QUARANTINE
-    from features.contracts import INGEST_AUDIT_SCHEMA, SOURCE_FILE_COL
+    from features.contracts import SOURCE_FILE_COL
     from features.external_candidates import quarantine_slice, split_external
 
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]

@@ -23,16 +23,16 @@ import logging
 import sys
 import time
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, parse_dates, run_job
 
 log = logging.getLogger("infnet.build_features")
 
 
 def build_parser():
     parser = base_parser("build_features", __doc__)
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates,
-                        help="date(s) to (re)build: YYYY-MM-DD, a comma list or a range a..b "
-                             "(default: every date in bronze_log, rebuilding the whole table)")
+    add_dates_argument(parser, required=False,
+                       help="date(s) to (re)build: YYYY-MM-DD, a comma list or a range a..b "
+                            "(default: every date in bronze_log, rebuilding the whole table)")
     parser.add_argument("--seq-len", type=int, help="override FeatureSettings.seq_len (changes the spec)")
     parser.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE", type=parse_feature_setting,
                         help="override a FeatureSettings field, e.g. rate_buckets=100, dense_stats=true, "

@@ -164,6 +164,14 @@ def parse_dates(value: str) -> list[str]:
     return [parse_date(v) for v in value.split(",") if v]
 
 
+DATES_HELP = "date, comma list or range a..b (YYYY-MM-DD)"
+
+
+def add_dates_argument(parser, required: bool = True, help: str = DATES_HELP) -> None:  # noqa: A002
+    """The ``--date`` / ``--dates`` flag every dated job takes (``args.dates``: a list of YYYY-MM-DD)."""
+    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=required, help=help)
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """``name@version`` as the scores and metrics tables store it (version None: not pinned yet)."""
@@ -176,11 +184,15 @@ class ModelRef:
 
 
 def parse_model_ref(value: str) -> ModelRef:
-    """``infnet@3`` -> ModelRef("infnet", "3"); ``infnet`` -> the newest version, pinned later."""
-    name, sep, version = value.partition("@")
-    if not name or (sep and not version.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION (an integer), got {value!r}")
-    return ModelRef(name, str(int(version)) if sep else None)
+    """``infnet@3`` -> ModelRef("infnet", "3"); ``infnet`` -> the newest version, pinned later.
+    The syntax is :func:`model.store.parse_ref`'s (the one parser of model references)."""
+    from model.store import parse_ref
+
+    try:
+        name, version = parse_ref(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION (an integer): {err}") from None
+    return ModelRef(name, None if version is None else str(version))
 
 
 def pin_model_ref(settings: Settings, ref: ModelRef) -> ModelRef:

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from jobs.common import base_parser, parse_dates, run_job
+from jobs.common import base_parser, parse_dates
 
 log = logging.getLogger("infnet.demo")
 

@@ -19,7 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from jobs.common import JobError, ModelRef, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
+from jobs.common import JobError, ModelRef, add_dates_argument, base_parser, parse_model_ref, pin_model_ref, run_job
 
 log = logging.getLogger("infnet.evaluate")
 
@@ -27,8 +27,7 @@ log = logging.getLogger("infnet.evaluate")
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("evaluate", __doc__.splitlines()[0])
     parser.add_argument("--model", type=parse_model_ref, required=True, help="NAME@VERSION of the scored model (NAME alone: the newest version)")
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser)
     parser.add_argument("--slices", default="all,tab,user_active_degree,new_item",
                         help="comma list of slices (default: all,tab,user_active_degree,new_item)")
     return parser

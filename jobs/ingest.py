@@ -29,16 +29,16 @@ import uuid
 from dataclasses import dataclass
 
 from conf.settings import raw_sources
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, run_job
 
 log = logging.getLogger("infnet.ingest")
 
 
 def build_parser():
     parser = base_parser("ingest", __doc__)
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates,
-                        help="log date(s) to land: YYYY-MM-DD, a comma list or a range a..b "
-                             "(default: every date in the log file)")
+    add_dates_argument(parser, required=False,
+                       help="log date(s) to land: YYYY-MM-DD, a comma list or a range a..b "
+                            "(default: every date in the log file)")
     for name, path in raw_sources().items():  # $INFNET_RAW_DIR or the bundled demo data
         parser.add_argument(f"--{name}", default=path,
                             help=f"{name} file, folder or glob: CSV, CSV.gz or Parquet (default: {path})")
@@ -50,8 +50,8 @@ def read_raw(spark, path: str, contract):
     ``_corrupt_record`` for CSV). A missing or empty file and missing contract columns are a
     :class:`JobError`."""
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
+    from conf.schemas import string_schema
     from features.contracts import CORRUPT_COL, SOURCE_FILE_COL, as_strings, with_source_position
 
     is_parquet = ".parquet" in path.lower() or path.lower().endswith(".pq")
@@ -63,8 +63,7 @@ def read_raw(spark, path: str, contract):
             header = spark.read.option("header", True).csv(path).columns
             if not header:
                 raise JobError(f"{contract.table}: {path} is empty (no header line)")
-            schema = T.StructType([T.StructField(c, T.StringType()) for c in header]
-                                  + [T.StructField(CORRUPT_COL, T.StringType())])
+            schema = string_schema([*header, CORRUPT_COL])
             df = (spark.read.option("header", True).option("mode", "PERMISSIVE")
                   .option("columnNameOfCorruptRecord", CORRUPT_COL).schema(schema).csv(path))
             df = df.select("*", F.col("_metadata.file_path").alias(SOURCE_FILE_COL))
@@ -207,9 +206,9 @@ def summary_line(row: tuple) -> str:
 
 def body(spark, settings, args) -> None:
     from conf.lake import write_table
+    from conf.schemas import INGEST_AUDIT_SCHEMA
     from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS, INGEST_AUDIT
-    from features.contracts import (HISTORY_CONTRACT, INGEST_AUDIT_SCHEMA, LOG_CONTRACT, USER_CONTRACT,
-                                    VIDEO_CONTRACT)
+    from features.contracts import HISTORY_CONTRACT, LOG_CONTRACT, USER_CONTRACT, VIDEO_CONTRACT
 
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, run_job
 
 log = logging.getLogger("infnet.quality_gate")
 
@@ -24,8 +24,7 @@ TABLE_CHOICES = ("examples", "bronze_log")
 def build_parser():
     parser = base_parser("quality_gate", __doc__)
     parser.add_argument("--table", choices=TABLE_CHOICES, required=True, help="table to check")
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date partition, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser, help="date partition, comma list or range a..b (YYYY-MM-DD)")
     parser.add_argument("--spec-version", type=int, default=None,
                         help="examples only: feature spec version to check against (default: latest)")
     return parser

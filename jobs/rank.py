@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import sys
 
-from jobs.common import JobError, base_parser, parse_dates, parse_model_ref, pin_model_ref, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, parse_model_ref, pin_model_ref, run_job
 
 log = logging.getLogger("infnet.rank")
 
@@ -39,8 +39,7 @@ def build_parser():
     parser.add_argument("--model", type=parse_model_refs, required=True,
                         help="NAME@VERSION of the scored model (NAME alone: the newest version); a comma list ranks "
                              "several and replays them side by side")
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser)
     parser.add_argument("--source", choices=("retrieval", "external", "logged"), default="retrieval",
                         help="candidate source whose scores are ranked (default retrieval)")
     parser.add_argument("--k", type=int, default=rk.top_k, help=f"list length (default {rk.top_k})")
@@ -64,7 +63,8 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
     from pyspark.sql import functions as F
 
     from conf.lake import read_table, table_exists
-    from conf.tables import CANDIDATES, RECOMMENDATIONS_SCHEMA, SCORES
+    from conf.schemas import RECOMMENDATIONS_SCHEMA
+    from conf.tables import CANDIDATES, SCORES
     from model.ranking import objective_column, objective_spec, top_k
 
     if not table_exists(spark, settings, SCORES):

@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import sys
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from jobs.common import JobError, add_dates_argument, base_parser, run_job
 
 log = logging.getLogger("infnet.score")
 
@@ -32,16 +32,15 @@ KEY_TYPES = {"request_id": "string", "impression_id": "string", "user_id": "bigi
 
 
 def build_parser():
+    from conf.schemas import CANDIDATE_SOURCES
     from conf.settings import RankingSettings
-    from conf.tables import CANDIDATE_SOURCES
 
     rk = RankingSettings()
     parser = base_parser("score", __doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
                         help="NAME[@VERSION] from the model store (newest when no version); a comma list scores "
                              "several models on features computed once")
-    parser.add_argument("--date", "--dates", dest="dates", type=parse_dates, required=True,
-                        help="date, comma list or range a..b (YYYY-MM-DD)")
+    add_dates_argument(parser)
     parser.add_argument("--source", choices=("all", *CANDIDATE_SOURCES), default="all",
                         help="candidate source to score (default: all the date has)")
     parser.add_argument("--batch-rows", type=int, default=rk.cpu_batch_candidates,
@@ -114,13 +113,12 @@ def featurise(spark, settings, candidates, max_request_time: int):
 def prepare_tables(spark, settings) -> None:
     """Lakes built before candidate sources existed: add the new columns to ``candidates`` and
     ``scores``, marking their old rows ``logged`` (the only source there was)."""
-    from pyspark.sql import types as T
-
     from conf.lake import add_missing_columns
-    from conf.tables import CANDIDATES, CANDIDATES_SCHEMA, SCORES
+    from conf.schemas import CANDIDATES_SCHEMA, SCORES_SOURCE_FIELD, schema_of
+    from conf.tables import CANDIDATES, SCORES
 
     add_missing_columns(spark, settings, CANDIDATES, CANDIDATES_SCHEMA, fill={"source": "'logged'"})
-    add_missing_columns(spark, settings, SCORES, T.StructType([T.StructField("source", T.StringType())]),
+    add_missing_columns(spark, settings, SCORES, schema_of([SCORES_SOURCE_FIELD]),
                         fill={"source": "'logged'"})
 
 

@@ -398,7 +398,6 @@ class INFNet(RankingModel):
     def _score(self, cat: Tensor, user_rows: UserState, groups: RowGroups | None = None,
                user_index: Tensor | None = None, dense: Tensor | None = None) -> Tensor:
         """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
-        cfg = self.config
         candidate_part = self.embed_candidates(self.cat_embedding, cat)
         C = self.merge_cat(user_rows["cat_user"], candidate_part)  # [B, M, d]
         if self.dense_tokens is not None:  # [B, M + K, d]; phi_cat reads them with the per-row fields

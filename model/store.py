@@ -90,10 +90,15 @@ def _json_default(value):
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    name, _, version = ref.partition("@")
+    """``NAME@VERSION`` -> (name, version); ``NAME`` -> (name, None): the one parser of model references.
+
+    >>> parse_ref("mmoe@2"), parse_ref("infnet")
+    (('mmoe', 2), ('infnet', None))
+    """
+    name, sep, version = ref.partition("@")
     if not _NAME_RE.match(name):
         raise ValueError(f"bad model name {name!r} in reference {ref!r} (letters, digits, _ . -)")
-    if not version:
+    if not sep:
         return name, None
     if not version.isdigit():
         raise ValueError(f"bad model version {version!r} in {ref!r}: expected an integer, e.g. {name}@1")

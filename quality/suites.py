@@ -38,7 +38,8 @@ import great_expectations.expectations as gxe
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from conf.tables import BRONZE_LOG, EXAMPLES, LOG_BINARY_LABELS, LOG_NON_NEGATIVE, LOG_REQUIRED, RAW_LOG_SCHEMA
+from conf.schemas import LOG_BINARY_LABELS, LOG_NON_NEGATIVE, LOG_REQUIRED, RAW_LOG_SCHEMA
+from conf.tables import BRONZE_LOG, EXAMPLES
 from features.contracts import hours_from_local_day, local_day_bounds_hours
 from features.spec import FeatureSpec
 

@@ -54,3 +54,10 @@ def test_training_metrics_do_not_load_spark():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_table_names_do_not_load_spark():
+    """The Airflow DAGs import conf.tables for the table names; the column types live in conf.schemas."""
+    code = "import sys\nimport conf.tables\nprint('pyspark' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"

@@ -289,7 +289,7 @@ def test_the_model_trained_in_two_processes_and_both_days_were_evaluated(proof, 
     assert metrics["d"].tolist() == [DAY1, DAY2] and (metrics["n"] > 0).all()
     steps = step_seconds(proof["reader"])
     polls = sum(len(p.polls) for p in proof["pollers"])
-    line = (f"cluster proof: local-cluster[2,1,1024] + moto S3 + Postgres metastore + Thrift: pipeline "
+    line = ("cluster proof: local-cluster[2,1,1024] + moto S3 + Postgres metastore + Thrift: pipeline "
             + ", ".join(f"{k} {v:.0f}s" for k, v in steps.items() if k != "wait")
             + f"; {polls} SQL polls by 2 clients during the writes, 0 errors, every poll a whole version; "
             f"day {DAY2} visible without restart; local[2] rescore equals cluster scores; "

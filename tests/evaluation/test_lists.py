@@ -82,7 +82,8 @@ def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_pa
     from pyspark.sql import functions as F
 
     from conf.lake import write_table
-    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS, RECOMMENDATIONS_SCHEMA
+    from conf.schemas import RECOMMENDATIONS_SCHEMA
+    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
     from evaluation.ab import ABConfig
     from features.candidates import conform_candidates
     from jobs.ab_report import compare_list_arms

@@ -10,9 +10,7 @@ import datetime as dt
 import math
 import random
 
-from pyspark.sql import types as T
-
-from conf.tables import RAW_LOG_SCHEMA
+from conf.schemas import RAW_LOG_SCHEMA
 
 DAY0 = 1_650_816_000_000  # 2022-04-25 00:00 UTC+8
 
@@ -74,17 +72,14 @@ def bronze_frames(spark, shuffle_seed: int = 0):
     )
     history = spark.createDataFrame(
         [(u, 3, DAY0 + rel, w, l, lw) for u, rel, w, l, lw in HISTORY],
-        T.StructType([
-            T.StructField("user_id", T.LongType()), T.StructField("history_len", T.LongType()),
-            T.StructField("last_time_ms", T.LongType()), T.StructField("watch_seq", T.ArrayType(T.LongType())),
-            T.StructField("like_seq", T.ArrayType(T.LongType())), T.StructField("long_watch_seq", T.ArrayType(T.LongType())),
-        ]),
+        "user_id bigint, history_len bigint, last_time_ms bigint, watch_seq array<bigint>, "
+        "like_seq array<bigint>, long_watch_seq array<bigint>",
     )
     return log, users, videos, history
 
 
 def _other_user_cols() -> list[str]:
-    from conf.tables import RAW_USER_SCHEMA
+    from conf.schemas import RAW_USER_SCHEMA
 
     return [f.name for f in RAW_USER_SCHEMA.fields if f.name not in ("user_id", "user_active_degree")]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+import feature_timeline as tl
 import pandas as pd
 import pytest
 
-import feature_timeline as tl
-from conf.tables import CANDIDATES_SCHEMA
+from conf.schemas import CANDIDATES_SCHEMA
 from features.candidates import split_large_requests, validate_candidates
 
 DAY = dt.date(2022, 5, 3)

@@ -1,10 +1,8 @@
 """Contracts: every bad-row kind is quarantined with its reason, and the counts reconcile."""
 from __future__ import annotations
 
-from pyspark.sql import types as T
-
-from conf.tables import QUARANTINE_SCHEMA, RAW_LOG_SCHEMA
-from features.contracts import (LOG_CONTRACT, USER_CONTRACT, as_strings, bronze_log, split_valid)
+from conf.schemas import QUARANTINE_SCHEMA, RAW_LOG_SCHEMA
+from features.contracts import LOG_CONTRACT, USER_CONTRACT, as_strings, bronze_log, split_valid
 
 COLS = [f.name for f in RAW_LOG_SCHEMA.fields]
 GOOD = dict(zip(COLS, ["1", "10", "20220425", "0", "1650812741436", "1", "0", "0", "0", "0", "0", "1",
@@ -29,8 +27,9 @@ BAD = {
 
 
 def _strings(spark, rows, cols=COLS):
-    schema = T.StructType([T.StructField(c, T.StringType()) for c in cols])
-    return spark.createDataFrame(rows, schema)
+    from conf.schemas import string_schema
+
+    return spark.createDataFrame(rows, string_schema(cols))
 
 
 def test_each_bad_row_kind_is_quarantined_with_its_reason(spark):
@@ -53,7 +52,7 @@ def test_several_reasons_on_one_row_are_all_named(spark):
 
 
 def test_duplicate_dimension_keys_keep_the_first_row(spark):
-    from conf.tables import RAW_USER_SCHEMA
+    from conf.schemas import RAW_USER_SCHEMA
 
     cols = [f.name for f in RAW_USER_SCHEMA.fields] + ["_source_row"]
     base = {c: None for c in cols}
@@ -76,7 +75,7 @@ def test_bronze_log_ids_are_deterministic_and_unique_across_exact_duplicates(spa
 
 
 def test_parquet_arrays_round_trip_through_strings(spark):
-    from conf.tables import RAW_HISTORY_SCHEMA
+    from conf.schemas import RAW_HISTORY_SCHEMA
     from features.contracts import HISTORY_CONTRACT
 
     typed = spark.createDataFrame([(1, 2, 100, [5, 6], [], None), (2, -1, 100, [1], [], [])], RAW_HISTORY_SCHEMA)

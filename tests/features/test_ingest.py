@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 
+import feature_timeline as tl
 import pandas as pd
 import pytest
 
-import feature_timeline as tl
-from conf.tables import RAW_LOG_SCHEMA, RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA
+from conf.schemas import RAW_LOG_SCHEMA, RAW_USER_SCHEMA, RAW_VIDEO_SCHEMA
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,10 @@ def test_ingest_reconciles_quarantines_and_reruns_without_duplicates(spark, sett
 
 
 def test_build_features_stores_the_spec_with_the_version_and_is_deterministic(spark, settings, sources):
-    from conf.lake import read_table
+    from conf.lake import current_version, read_table
     from conf.tables import EXAMPLES
     from features.examples import build_spec, load_feature_spec
     from jobs.build_features import main
-
-    from conf.lake import current_version
 
     assert main(["--lake", settings.lake.root]) == 0
     first_version = current_version(spark, settings, EXAMPLES)  # other tests may have written earlier versions
@@ -170,13 +168,11 @@ def test_unknown_columns_and_mismatched_dates_are_counted(spark, isettings, sour
 
 
 def test_an_audit_table_of_an_older_lake_gains_the_new_column(spark, isettings, sources):
-    from pyspark.sql import types as T
-
     from conf.lake import read_table, write_table
+    from conf.schemas import INGEST_AUDIT_SCHEMA, schema_of
     from conf.tables import INGEST_AUDIT
-    from features.contracts import INGEST_AUDIT_SCHEMA
 
-    old = T.StructType([f for f in INGEST_AUDIT_SCHEMA.fields if f.name != "ignored_columns"])
+    old = schema_of([f for f in INGEST_AUDIT_SCHEMA.fields if f.name != "ignored_columns"])
     row = ("old-run", "bronze_log", "f", None, 1, 1, 0, True, dt.datetime(2022, 1, 1))
     write_table(spark.createDataFrame([row], old), isettings, INGEST_AUDIT)
     _ingest_body(isettings, sources)

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
+from conf.schemas import CANDIDATES_SCHEMA
 from conf.settings import RetrievalSettings
-from conf.tables import CANDIDATES_SCHEMA
 from features.retrieval import active_users, make_requests, request_time_ms, retrieval_candidates
 
 DATE = "2022-05-04"

@@ -16,7 +16,8 @@ import great_expectations.expectations as gxe
 import pytest
 
 from conf.lake import read_table, write_table
-from conf.tables import BRONZE_LOG, EXAMPLES, QUALITY_RESULTS, RAW_LOG_SCHEMA
+from conf.schemas import RAW_LOG_SCHEMA
+from conf.tables import BRONZE_LOG, EXAMPLES, QUALITY_RESULTS
 from features.spec import demo_spec
 from quality.gate import previous_partition_count, run_gate
 from quality.results import ERROR, FAILED, PASSED, ExpectationOutcome, GateResult, QualityGateFailed, failure_message
