@@ -93,7 +93,7 @@ def train_worker(model_name: str, spec, snapshots: dict, config, model_config: d
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from model.data import ArrowBatches
+    from model.loaders import ArrowBatches
     from model.registry import build_model
     from model.train import build_and_train
 

@@ -26,7 +26,9 @@ deterministic kernels, and batches are shuffled by generators seeded from ``seed
 so one seed on one device gives the same weights bit for bit.
 
 >>> from features.spec import demo_spec
->>> from model.data import TensorBatches, arrow_to_batch, synthetic_examples
+>>> from model.data import arrow_to_batch
+>>> from model.loaders import TensorBatches
+>>> from model.synthetic import synthetic_examples
 >>> spec = demo_spec(seq_len=4)
 >>> rows = lambda n, seed: TensorBatches(arrow_to_batch(synthetic_examples(spec, n, seed=seed), spec), 64)
 >>> result = build_and_train("shared_bottom", spec, rows(256, 0), rows(128, 1),
@@ -324,8 +326,8 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` (already built and seeded) and return it with its metrics.
 
-    ``*_batches``: re-iterable sources of batch dicts (:class:`model.data.ArrowBatches`,
-    :class:`model.data.TensorBatches`, or any iterable); ``set_epoch`` is called when present.
+    ``*_batches``: re-iterable sources of batch dicts (:class:`model.loaders.ArrowBatches`,
+    :class:`model.loaders.TensorBatches`, or any iterable); ``set_epoch`` is called when present.
     """
     config = config or TrainConfig()
     if config.num_threads:

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from features.spec import demo_spec
-from model.data import TensorBatches, arrow_to_batch, synthetic_examples
+from model.data import arrow_to_batch
+from model.loaders import TensorBatches
 from model.registry import build_model
+from model.synthetic import synthetic_examples
 from model.train import MultiTaskLoss, TrainConfig, build_and_train, train_model
 
 SPEC = demo_spec(seq_len=6)
