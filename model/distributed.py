@@ -62,15 +62,6 @@ class RankShard:
                 taken += 1
                 yield batch
 
-    @property
-    def seed(self):  # build_and_train seeds its train source when it has a seed
-        return getattr(self.batches, "seed", None)
-
-    @seed.setter
-    def seed(self, value) -> None:
-        if hasattr(self.batches, "seed"):
-            self.batches.seed = value
-
 
 @dataclass
 class WorkerResult:
