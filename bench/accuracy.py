@@ -14,7 +14,7 @@ Prints and writes (``bench/results/accuracy.md``, raw numbers in ``accuracy.json
 test AUC and gAUC per task, mean ± std over seeds, MTL mean AUC, parameters, inference time per
 1,000 examples (forward pass in batches of 1,000 on this machine's CPU, user side not reused) and
 training throughput. The examples are read once from the pinned Delta snapshot into memory
-tensors (built batch by batch from Arrow, see model/data.py) and shared by every arm.
+tensors (built batch by batch from Arrow, see model/loaders.py) and shared by every arm.
 
 ``--external`` adds torch-rechub's MMoE and PLE (an optional bench dependency, never imported by the
 product; adapter in ``bench/external.py``), trained on the same tensors by the same trainer and loss.
@@ -64,7 +64,8 @@ def load_splits(lake: str, version: int | None, splits: dict[str, list[str]]):
     from conf.spark import get_spark
     from conf.tables import EXAMPLES
     from features.examples import load_feature_spec
-    from model.data import load_tensors, resolve_snapshot
+    from model.loaders import load_tensors
+    from model.snapshot import resolve_snapshot
 
     settings = Settings().with_lake(lake)
     # Everything here is read by path: the session gets a private catalog so that it never needs the
@@ -121,7 +122,7 @@ def ms_per_1000(model: torch.nn.Module, tensors: dict[str, torch.Tensor], rows: 
 
 def run_torch_arm(arm: str, model_name: str, model_config: dict, spec, data, seeds, train_config,
                   builder=None) -> ArmResult:
-    from model.data import TensorBatches
+    from model.loaders import TensorBatches
     from model.train import build_and_train
 
     result = ArmResult(arm)

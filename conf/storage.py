@@ -1,7 +1,7 @@
 """Lake files from Python (the model store, training snapshots) with pyarrow filesystems.
 
 Spark reaches the lake through Hadoop (``s3a://`` via hadoop-aws); Python code that reads or writes
-lake files itself (``model.store``, ``model.data``, scoring workers on executors) uses
+lake files itself (``model.store``, ``model.snapshot``, scoring workers on executors) uses
 :func:`arrow_filesystem`, which maps the same URIs onto pyarrow: local folders and ``file:`` URIs
 to the local filesystem, ``s3a://`` / ``s3://`` to ``pyarrow.fs.S3FileSystem`` with the endpoint,
 credentials, region and addressing style of ``conf.settings.ObjectStoreSettings`` (the settings

@@ -2,7 +2,7 @@
 
 Pins ``examples`` at one Delta version (``--examples-version``, default: the current one) so the
 run is reproducible, streams the train / valid / test dates from that snapshot's Parquet files
-(model/data.py), trains with early stopping on the validation days' mean AUC (model/train.py),
+(model/snapshot.py, model/loaders.py), trains with early stopping on the validation days' mean AUC (model/train.py),
 evaluates the test days, and stores weights + configs + feature spec + Delta version + date split
 + metrics as the next version of ``--name`` (model/store.py). Prints ``name@version``.
 
@@ -110,7 +110,8 @@ def body(spark, settings, args) -> None:
     from conf.lake import current_version, table_exists
     from conf.tables import EXAMPLES
     from features.examples import load_feature_spec
-    from model.data import ArrowBatches, SnapshotError, resolve_snapshot
+    from model.loaders import ArrowBatches
+    from model.snapshot import SnapshotError, resolve_snapshot
     from model.registry import MODEL_NAMES
     from model.store import save_model
     from model.train import build_and_train, resolve_task_weights

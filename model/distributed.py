@@ -62,15 +62,6 @@ class RankShard:
                 taken += 1
                 yield batch
 
-    @property
-    def seed(self):  # build_and_train seeds its train source when it has a seed
-        return getattr(self.batches, "seed", None)
-
-    @seed.setter
-    def seed(self, value) -> None:
-        if hasattr(self.batches, "seed"):
-            self.batches.seed = value
-
 
 @dataclass
 class WorkerResult:
@@ -93,7 +84,7 @@ def train_worker(model_name: str, spec, snapshots: dict, config, model_config: d
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from model.data import ArrowBatches
+    from model.loaders import ArrowBatches
     from model.registry import build_model
     from model.train import build_and_train
 

@@ -7,7 +7,8 @@ import torch
 
 from bench import accuracy
 from features.spec import demo_spec
-from model.data import arrow_to_batch, synthetic_examples
+from model.data import arrow_to_batch
+from model.synthetic import synthetic_examples
 from model.train import TrainConfig
 
 SPEC = demo_spec(seq_len=4)

@@ -10,7 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from features.spec import demo_spec
 from model.base import random_batch
-from model.data import TensorBatches, arrow_to_batch, model_inputs, synthetic_examples
+from model.data import arrow_to_batch, model_inputs
+from model.loaders import TensorBatches
+from model.synthetic import synthetic_examples
 from model.train import TrainConfig, build_and_train, set_seed
 
 external = pytest.importorskip("bench.external")

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 from conf.settings import ObjectStoreSettings
 from conf.storage import arrow_filesystem
 from features.spec import demo_spec
-from model.data import synthetic_examples
 from model.predict import predict_columns
 from model.registry import build_model
 from model.store import list_models, load_info, load_model, resolve_ref, save_model
+from model.synthetic import synthetic_examples
 
 SPEC = demo_spec(seq_len=5)
 SMALL = {"embed_dim": 8, "bottom_hidden": [16], "tower_hidden": [8]}

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from features.spec import demo_spec
-from model.data import ExamplesSnapshot, synthetic_examples
 from model.distributed import RankShard, distributor_mode, train_distributed
+from model.snapshot import ExamplesSnapshot
+from model.synthetic import synthetic_examples
 from model.train import TrainConfig
 
 SPEC = demo_spec(seq_len=5)
@@ -38,8 +39,8 @@ def test_processes_run_beside_the_driver_only_for_local_masters():
 
 @pytest.mark.slow
 def test_two_ddp_processes_train_to_the_single_process_auc(spark, settings, tmp_path):
+    from model.loaders import ArrowBatches
     from model.train import build_and_train
-    from model.data import ArrowBatches
 
     snapshots = {"train": snapshot(tmp_path / "t", "2022-04-25", 4096, 0),
                  "valid": snapshot(tmp_path / "v", "2022-04-26", 1024, 1)}

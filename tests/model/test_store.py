@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from features.spec import FeatureSpecMismatch, demo_spec
-from model.data import synthetic_examples
 from model.registry import build_model
 from model.predict import load_predictor, predict_columns
 from model.store import ModelNotFound, list_models, load_info, load_model, parse_ref, resolve_ref, save_model
+from model.synthetic import synthetic_examples
 
 SPEC = demo_spec(seq_len=5)
 SMALL = {"embed_dim": 8, "bottom_hidden": [16], "tower_hidden": [8]}

@@ -5,9 +5,19 @@ import pytest
 import torch
 
 from features.spec import demo_spec
-from model.data import TensorBatches, arrow_to_batch, synthetic_examples
+from model.data import arrow_to_batch
+from model.loaders import TensorBatches
 from model.registry import build_model
-from model.train import MultiTaskLoss, TrainConfig, build_and_train, train_model
+from model.synthetic import synthetic_examples
+from model.train import (
+    EarlyStopper,
+    MultiTaskLoss,
+    TrainConfig,
+    TrainProgress,
+    build_and_train,
+    train_model,
+    train_one_epoch,
+)
 
 SPEC = demo_spec(seq_len=6)
 
@@ -21,8 +31,11 @@ def builder(name, spec, config):
     return build_model(name, spec, {**SMALL, **config})
 
 
-def data(n: int, seed: int, batch_size: int = 64, shuffle: bool = False) -> TensorBatches:
-    return TensorBatches(arrow_to_batch(synthetic_examples(SPEC, n, seed=seed), SPEC), batch_size, shuffle=shuffle)
+def data(n: int, seed: int, batch_size: int = 64, shuffle: bool = False,
+         shuffle_seed: int = TrainConfig().seed) -> TensorBatches:
+    """Synthetic rows of ``seed``; shuffled with ``shuffle_seed`` (the training seed, as the jobs do)."""
+    return TensorBatches(arrow_to_batch(synthetic_examples(SPEC, n, seed=seed), SPEC), batch_size, shuffle=shuffle,
+                         seed=shuffle_seed)
 
 
 def quick_config(**kw) -> TrainConfig:
@@ -49,6 +62,68 @@ def test_task_weights_and_unknown_task():
     assert heavier.item() == pytest.approx(base.item() + 2 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
     with pytest.raises(ValueError, match="unknown tasks"):
         MultiTaskLoss(SPEC, {"nope": 1.0})
+
+
+def test_early_stopper_stops_after_patience_and_restores_the_best_weights():
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopper(patience=2, min_delta=0.01)
+    assert stopper.step(0.5, model) is False and stopper.best_index == 0
+    torch.nn.init.constant_(model.weight, 1.0)
+    assert stopper.step(0.6, model) is False and stopper.best_index == 1  # a gain: these weights are kept
+    torch.nn.init.constant_(model.weight, 2.0)
+    assert stopper.step(0.605, model) is False  # within min_delta: no gain
+    assert stopper.evals_without_gain == 1 and stopper.best_score == 0.6
+    assert stopper.step(float("nan"), model) is True and stopper.should_stop
+    stopper.restore(model)
+    assert model.weight.tolist() == [[1.0, 1.0]] and stopper.evaluations == 4
+
+
+def test_early_stopper_without_a_valid_score_leaves_the_model_alone():
+    model = torch.nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+    stopper = EarlyStopper(patience=1)
+    assert stopper.step(float("nan"), model) is True
+    torch.nn.init.constant_(model.weight, 3.0)
+    stopper.restore(model)
+    assert stopper.best_index is None and stopper.best_state is None
+    assert torch.equal(model.weight, torch.full_like(before, 3.0))
+
+
+def _tiny_model_and_batches():
+    from model.base import random_batch
+
+    model = build_model(MODEL, SPEC, {**SMALL, "dropout": 0.0}, seed=0)
+    return model, [random_batch(SPEC, 8, seed=1), random_batch(SPEC, 4, seed=2)]
+
+
+def test_train_one_epoch_returns_the_row_weighted_mean_loss():
+    model, batches = _tiny_model_and_batches()
+    criterion = MultiTaskLoss(SPEC)
+    with torch.no_grad():  # lr = 0 below: the weights the epoch sees are these
+        losses = [criterion(model(b), b["label"], b["mask"])[0].item() for b in batches]
+    progress = TrainProgress()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    mean = train_one_epoch(model, batches, optimizer, criterion, torch.device("cpu"), progress=progress)
+    assert mean == pytest.approx((8 * losses[0] + 4 * losses[1]) / 12, rel=1e-6)
+    assert (progress.steps, progress.examples) == (2, 12) and progress.seconds > 0
+    # the counters carry over to the next epoch
+    train_one_epoch(model, batches, optimizer, criterion, torch.device("cpu"), progress=progress)
+    assert (progress.steps, progress.examples) == (4, 24)
+
+
+def test_train_one_epoch_learns_and_stops_where_on_eval_says():
+    model, batches = _tiny_model_and_batches()
+    criterion = MultiTaskLoss(SPEC)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = train_one_epoch(model, batches, optimizer, criterion, torch.device("cpu"))
+    for _ in range(8):
+        last = train_one_epoch(model, batches, optimizer, criterion, torch.device("cpu"))
+    assert last < first  # the same two batches again and again: the loss falls
+    seen, progress = [], TrainProgress()
+    stop_at_first = lambda loss: seen.append(loss) or True  # noqa: E731
+    mean = train_one_epoch(model, batches, optimizer, criterion, torch.device("cpu"), progress=progress,
+                           eval_every_steps=1, on_eval=stop_at_first)
+    assert progress.steps == 1 and progress.examples == 8 and seen == [mean] and model.training
 
 
 def test_training_learns_and_reports_metrics():
@@ -78,7 +153,7 @@ def test_early_stopping_stops_without_gain():
 
 def test_same_seed_same_weights_other_seed_differs():
     def weights(seed):
-        r = build_and_train(MODEL, SPEC, data(300, 1, shuffle=True), data(100, 2), None,
+        r = build_and_train(MODEL, SPEC, data(300, 1, shuffle=True, shuffle_seed=seed), data(100, 2), None,
                             quick_config(seed=seed, epochs=2, dropout=0.1), builder=builder)
         return r.model.state_dict()
 
