@@ -49,11 +49,11 @@ def prepare_scoring(work: Path, rows: int, per_request: int) -> dict:
     from features.candidates import pack_adjacent_rows
     from features.examples import build_spec
     from model.registry import build_model
-    from model.store import save_model
+    from model.store import ModelStore
 
     spec = build_spec(Settings())
     store = str(work / "models")
-    save_model(store, "infnet", build_model("infnet", spec, seed=0), spec, architecture="infnet")
+    ModelStore(store).save("infnet", build_model("infnet", spec, seed=0), spec, architecture="infnet")
     table = synthetic_candidates(spec, rows, per_request)
     packed = pack_adjacent_rows(table, spec, PASSTHROUGH)
     path = str(work / "requests.parquet")

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from conf.settings import Settings
-from features.candidates import pack_adjacent_rows, pack_requests
+from features.candidates import pack_adjacent_rows, pack_requests, unpack_requests
 from features.examples import build_spec
 from features.spec import FeatureSpec
 from model.predict import get_predictor
@@ -46,8 +46,8 @@ from model.registry import build_model
 from model.base import candidate_field_indices, user_field_indices
 from model.data import categorical_matrix, dense_matrix, sequence_tensors
 from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
-                           score_record_batch, unpack_requests)
-from model.store import save_model
+                           score_record_batch)
+from model.store import ModelStore
 
 PASSTHROUGH = ["request_id", "impression_id"]
 
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     work = tempfile.mkdtemp(prefix="bench-scoring-")
     store = os.path.join(work, "models")
     for name in ("infnet", "mmoe", "ple"):
-        save_model(store, name, build_model(name, spec, seed=0), spec, architecture=name)
+        ModelStore(store).save(name, build_model(name, spec, seed=0), spec, architecture=name)
     table = synthetic_candidates(spec, n_rows, args.per_request)
     flat = os.path.join(work, "candidates.parquet")
     packed = os.path.join(work, "requests.parquet")

@@ -15,6 +15,7 @@ JVM-level options (jars, driver memory) only take effect from there under spark-
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import socket
@@ -397,3 +398,18 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+@contextlib.contextmanager
+def session_conf(spark: "SparkSession", key: str, value: str):
+    """Set a runtime SQL conf of ``spark`` for the ``with`` block and put the previous value back
+    (unset when there was none), also when the block raises."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)

@@ -136,6 +136,35 @@ def pack_adjacent_rows(rows: pa.Table | pa.RecordBatch, spec: FeatureSpec, passt
                     names=[*request_columns, PACKED_CANDIDATES])
 
 
+def unpack_requests(data: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
+    """A request-packed batch -> (its candidates as flat rows, the request row of each candidate).
+
+    >>> cands = pa.array([[{"video_id": 1}, {"video_id": 2}], [{"video_id": 3}]])
+    >>> rows, request_row = unpack_requests(pa.RecordBatch.from_arrays([pa.array(["r1", "r2"]), cands],
+    ...                                                               [REQUEST_COLUMN, PACKED_CANDIDATES]))
+    >>> rows.column("video_id").to_pylist(), request_row.tolist()
+    ([1, 2, 3], [0, 0, 1])
+    """
+    packed = data.column(PACKED_CANDIDATES)
+    rows = pa.RecordBatch.from_struct_array(pc.list_flatten(packed))
+    return rows, pc.list_parent_indices(packed).to_numpy(zero_copy_only=False).astype(np.int64)  # writable copy
+
+
+def records_per_arrow_batch(layout: str, candidates_per_batch: int, n_candidates: int, n_requests: int) -> int:
+    """Spark's ``arrow.maxRecordsPerBatch`` for about ``candidates_per_batch`` candidates per batch:
+    records are candidates in the flat layout and requests in the packed one.
+
+    >>> records_per_arrow_batch("packed", 1024, n_candidates=20_000, n_requests=100)  # 200 per request
+    5
+    >>> records_per_arrow_batch("flat", 1024, n_candidates=20_000, n_requests=100)
+    1024
+    """
+    if layout != "packed":
+        return candidates_per_batch
+    per_request = max(n_candidates / max(n_requests, 1), 1.0)
+    return max(round(candidates_per_batch / per_request), 1)
+
+
 def validate_candidates(df: DataFrame) -> None:
     """Fail with a clear message when a table does not honour the candidates contract.
 

@@ -199,10 +199,10 @@ def pin_model_ref(settings: Settings, ref: ModelRef) -> ModelRef:
     """Resolve a bare name to the newest version in the model store (clear error when absent)."""
     if ref.version is not None:
         return ref
-    from model.store import ModelNotFound, resolve_ref
+    from model.store import ModelNotFound, ModelStore
 
     try:
-        name, version = resolve_ref(settings, ref.name)
+        name, version = ModelStore.of(settings).resolve(ref.name)
     except ModelNotFound as err:
         raise JobError(str(err)) from None
     return ModelRef(name, str(version))

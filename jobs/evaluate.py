@@ -57,12 +57,12 @@ def read_model_scores(spark, settings, model: ModelRef, dates: list[str]):
 
 
 def known_tasks(scores_columns):
-    """The tasks that have a score column, with their kind from the feature spec's task list."""
+    """The tasks that have a score column, with their kind from the task list every spec carries
+    (``features.labels.TASKS``: tasks do not depend on settings)."""
     from evaluation.metrics import tasks_in_columns
-    from conf.settings import Settings
-    from features.examples import build_spec
+    from features.labels import TASKS
 
-    tasks = tasks_in_columns(scores_columns, build_spec(Settings()).tasks)
+    tasks = tasks_in_columns(scores_columns, TASKS)
     if not tasks:
         raise JobError("the scores have no score_<task> column for any known task")
     return tasks

@@ -126,13 +126,13 @@ def load_models(spark, settings, refs: str):
     """The pinned infos of a comma list of NAME[@VERSION], each checked against the features' spec."""
     from conf.lake import current_version
     from conf.tables import EXAMPLES
-    from model.store import ModelNotFound, load_info
+    from model.store import ModelNotFound, ModelStore
 
     infos = []
     feature_version = current_version(spark, settings, EXAMPLES)
     for ref in (r.strip() for r in refs.split(",") if r.strip()):
         try:
-            info = load_info(settings.lake.model_store, ref)
+            info = ModelStore(settings.lake.model_store).info(ref)
         except ModelNotFound as err:
             raise JobError(str(err)) from None
         check_model_spec(spark, settings, info, feature_version)
@@ -145,8 +145,9 @@ def load_models(spark, settings, refs: str):
 def body(spark, settings, args) -> None:
     from pyspark.sql import functions as F
 
+    from conf.spark import session_conf
     from features.candidate_features import PASSTHROUGH
-    from features.candidates import validate_candidates
+    from features.candidates import records_per_arrow_batch, validate_candidates
     from model.scoring import ScoringSettings
 
     infos, feature_version = load_models(spark, settings, args.model)
@@ -158,11 +159,7 @@ def body(spark, settings, args) -> None:
                               cpu_batch_candidates=rk.cpu_batch_candidates, cuda_batch_candidates=rk.cuda_batch_candidates)
     prepare_tables(spark, settings)
 
-    # Arrow batches count UDF input rows (requests when packed): set per date, restored after
-    batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    session_batch_rows = spark.conf.get(batch_key)
-    try:
-        for date in args.dates:
+    for date in args.dates:
             candidates = read_candidates(spark, settings, date, args.source)
             try:
                 validate_candidates(candidates)
@@ -180,26 +177,22 @@ def body(spark, settings, args) -> None:
             # features once per key and date, shared by every model scored here
             features = featurise(spark, settings, candidates, counts["last"]).cache()
             report = features.input_report()
-            if scoring.layout == "packed":
-                # one row per request: Arrow batches of ~batch_rows candidates
-                per_request = max(n_candidates / max(counts["requests"], 1), 1.0)
-                records_per_batch = max(round(scoring.batch_rows / per_request), 1)
+            if scoring.layout == "packed":  # one row per request
                 udf_input = features.packed(PASSTHROUGH, args.max_candidates_per_row)
             else:
                 # a request's candidates sit together so the user side is encoded once per request per batch
-                records_per_batch = scoring.batch_rows
                 n_parts = max(spark.sparkContext.defaultParallelism, 1)
                 udf_input = features.flat(PASSTHROUGH).repartition(n_parts, "request_id").sortWithinPartitions("request_id")
             if len(infos) > 1:
                 udf_input = udf_input.cache()
-            spark.conf.set(batch_key, str(records_per_batch))
-            for info in infos:
-                score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version,
-                           args.source, report)
+            # Arrow batches of ~batch_rows candidates; the session's own setting is back after the date
+            records = records_per_arrow_batch(scoring.layout, scoring.batch_rows, n_candidates, counts["requests"])
+            with session_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(records)):
+                for info in infos:
+                    score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version,
+                               args.source, report)
             udf_input.unpersist()
             features.unpersist()
-    finally:
-        spark.conf.set(batch_key, session_batch_rows)
 
 
 def score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version, source,

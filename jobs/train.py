@@ -113,7 +113,7 @@ def body(spark, settings, args) -> None:
     from model.loaders import ArrowBatches
     from model.snapshot import SnapshotError, resolve_snapshot
     from model.registry import MODEL_NAMES
-    from model.store import save_model
+    from model.store import ModelStore
     from model.train import build_and_train, resolve_task_weights
 
     if args.model not in MODEL_NAMES:
@@ -152,8 +152,8 @@ def body(spark, settings, args) -> None:
                                      config, dict(args.config))
     except ValueError as err:  # bad config field, unknown task weight, too many processes
         raise JobError(str(err)) from None
-    info = save_model(
-        settings, args.name or args.model, result.model, spec, architecture=args.model,
+    info = ModelStore.of(settings).save(
+        args.name or args.model, result.model, spec, architecture=args.model,
         model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
         date_split=splits, metrics=result.metrics,
         extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()},

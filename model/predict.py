@@ -99,12 +99,12 @@ class Predictor:
         return predict_columns(self.model, self.spec, columns, self.device, chunk_rows)
 
 
-def load_predictor(settings_or_root, ref: str, device: str = "cpu",
+def load_predictor(store_root: str, ref: str, device: str = "cpu",
                    expected_spec: FeatureSpec | None = None, builder=None) -> Predictor:
-    """Load ``name@version`` (or the newest ``name``) from the store as a :class:`Predictor`."""
-    from model.store import load_model
+    """Load ``name@version`` (or the newest ``name``) from the store at ``store_root`` as a :class:`Predictor`."""
+    from model.store import ModelStore
 
-    model, info = load_model(settings_or_root, ref, map_location=device, expected_spec=expected_spec, builder=builder)
+    model, info = ModelStore(store_root).load(ref, map_location=device, expected_spec=expected_spec, builder=builder)
     return Predictor(model, info, device)
 
 

@@ -36,13 +36,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from pyspark.accumulators import AccumulatorParam
 
 from conf.settings import RankingSettings
 from conf.tables import score_column
-from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN
+from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN, unpack_requests
 from features.spec import FeatureSpec
 from model.base import candidate_field_indices, user_field_indices
 from model.data import ArrowData, arrow_to_batch, categorical_matrix, dense_matrix, model_inputs, sequence_tensors
@@ -162,13 +161,6 @@ def score_record_batch(predictor: Predictor, data: pa.RecordBatch, request_colum
     _, first_rows, user_index = np.unique(requests, return_index=True, return_inverse=True)
     # sequences are converted and encoded only for the first row of each request
     return _score_shared_users(predictor, data.take(pa.array(first_rows)), data, user_index, out_of_range)
-
-
-def unpack_requests(data: pa.RecordBatch) -> tuple[pa.RecordBatch, np.ndarray]:
-    """A request-packed batch -> (its candidates as flat rows, the request row of each candidate)."""
-    packed = data.column(PACKED_CANDIDATES)
-    rows = pa.RecordBatch.from_struct_array(pc.list_flatten(packed))
-    return rows, pc.list_parent_indices(packed).to_numpy(zero_copy_only=False).astype(np.int64)  # writable copy
 
 
 @torch.no_grad()

@@ -126,10 +126,6 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return arrow_filesystem(uri)
 
 
-def _store_root(settings_or_root) -> str:
-    return settings_or_root if isinstance(settings_or_root, str) else settings_or_root.lake.model_store
-
-
 def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     with fs.open_input_stream(path) as f:
         return f.read()
@@ -156,137 +152,153 @@ def _versions(fs: pafs.FileSystem, model_dir: str, complete_only: bool = True) -
     return sorted(out)
 
 
-def list_models(settings_or_root) -> dict[str, list[int]]:
-    """``{name: [complete versions, ascending]}`` of the store."""
-    fs, root = _fs(_store_root(settings_or_root))
-    out = {}
-    for child in _children(fs, root):
-        if child.type == pafs.FileType.Directory and not child.base_name.startswith("."):
-            versions = _versions(fs, child.path)
-            if versions:
-                out[child.base_name] = versions
-    return dict(sorted(out.items()))
-
-
 def _describe(models: dict[str, list[int]]) -> str:
     if not models:
         return "the store is empty"
     return "stored: " + "; ".join(f"{n}@{{{', '.join(map(str, v))}}}" for n, v in models.items())
 
 
-# ---------------------------------------------------------------------------------------------
-# Save / load
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelStore:
+    """The store at ``root`` (``<lake>/models``: a local folder or an ``s3a://`` URI).
 
-def save_model(
-    settings_or_root,
-    name: str,
-    model: nn.Module,
-    spec: FeatureSpec,
-    *,
-    architecture: str | None = None,
-    model_config: dict[str, Any] | None = None,
-    train_config: dict[str, Any] | None = None,
-    examples_version: int | None = None,
-    date_split: dict[str, list[str]] | None = None,
-    metrics: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> ModelInfo:
-    """Store ``model`` as the next version of ``name``; returns its :class:`ModelInfo`."""
-    parse_ref(name)
-    fs, root = _fs(_store_root(settings_or_root))
-    model_dir = f"{root}/{name}"
-    fs.create_dir(model_dir, recursive=True)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    if hasattr(model, "config_dict"):  # the registry models' own record of every config field
-        model_config = model.config_dict()
-    info = ModelInfo(
-        name=name, version=0, architecture=architecture or name, model_config=dict(model_config or {}),
-        train_config=dict(train_config or {}), spec_fingerprint=spec.fingerprint(),
-        examples_version=None if examples_version is None else int(examples_version),
-        date_split={k: list(v) for k, v in (date_split or {}).items()}, metrics=dict(metrics or {}),
-        code_revision=code_revision(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        parameters=sum(p.numel() for p in model.parameters()), extra=dict(extra or {}), spec=spec,
-    )
-    if not isinstance(fs, pafs.LocalFileSystem):  # object store: no atomic rename, info.json last
-        existing = _versions(fs, model_dir, complete_only=False)
-        info.version = (existing[-1] if existing else 0) + 1
-        final = f"{model_dir}/{format_version(info.version)}"
-        _write_bytes(fs, f"{final}/{WEIGHTS_FILE}", buffer.getvalue())
-        _write_bytes(fs, f"{final}/{SPEC_FILE}", spec.to_json().encode())
-        _write_bytes(fs, f"{final}/{INFO_FILE}", info.to_json().encode())
-        info.path = final
-        return info
-    tmp = f"{model_dir}/.tmp-{uuid.uuid4().hex}"
-    fs.create_dir(tmp, recursive=True)
-    _write_bytes(fs, f"{tmp}/{WEIGHTS_FILE}", buffer.getvalue())
-    _write_bytes(fs, f"{tmp}/{SPEC_FILE}", spec.to_json().encode())
-    for _attempt in range(100):
-        existing = _versions(fs, model_dir, complete_only=False)  # never reuse a number, even a broken one
-        info.version = (existing[-1] if existing else 0) + 1
-        _write_bytes(fs, f"{tmp}/{INFO_FILE}", info.to_json().encode())
-        final = f"{model_dir}/{format_version(info.version)}"
-        if fs.get_file_info(final).type != pafs.FileType.NotFound:
-            continue
-        try:
-            os.rename(tmp, final)  # atomic; fails if another save created `final` meanwhile
-        except OSError:
-            continue
-        info.path = final
-        return info
-    raise RuntimeError(f"could not claim a version for {name} under {model_dir}")
-
-
-def resolve_ref(settings_or_root, ref: str) -> tuple[str, int]:
-    """``name`` -> (name, newest version); ``name@v`` -> checked to exist. Clear errors otherwise."""
-    name, version = parse_ref(ref)
-    models = list_models(settings_or_root)
-    if name not in models:
-        raise ModelNotFound(f"no model named {name!r} in {_store_root(settings_or_root)}: {_describe(models)}")
-    if version is None:
-        return name, models[name][-1]
-    if version not in models[name]:
-        raise ModelNotFound(
-            f"model {name} has no version {version}: versions {', '.join(map(str, models[name]))} exist "
-            f"(newest {name}@{models[name][-1]})"
-        )
-    return name, version
-
-
-def load_info(settings_or_root, ref: str) -> ModelInfo:
-    name, version = resolve_ref(settings_or_root, ref)
-    fs, root = _fs(_store_root(settings_or_root))
-    path = f"{root}/{name}/{format_version(version)}"
-    d = json.loads(_read_bytes(fs, f"{path}/{INFO_FILE}"))
-    spec = FeatureSpec.from_json(_read_bytes(fs, f"{path}/{SPEC_FILE}").decode())
-    known = set(ModelInfo.__dataclass_fields__) - {"spec", "path"}
-    info = ModelInfo(**{k: v for k, v in d.items() if k in known}, spec=spec, path=path)
-    if spec.fingerprint() != info.spec_fingerprint:
-        raise ValueError(f"{info.ref}: stored feature spec does not match its recorded fingerprint (corrupt artifact)")
-    return info
-
-
-def load_model(settings_or_root, ref: str, map_location: str | torch.device = "cpu",
-               expected_spec: FeatureSpec | None = None, builder=None) -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the stored model in eval mode; with ``expected_spec``, refuse a spec mismatch first.
-
-    ``builder(architecture, spec, config)`` defaults to ``model.registry.build_model``.
+    >>> import tempfile; from features.spec import demo_spec; from model.registry import build_model
+    >>> store = ModelStore(tempfile.mkdtemp())
+    >>> store.save("mmoe", build_model("mmoe", demo_spec(), seed=0), demo_spec(), architecture="mmoe").ref
+    'mmoe@1'
+    >>> store.list_models(), store.resolve("mmoe"), store.info("mmoe@1").architecture
+    ({'mmoe': [1]}, ('mmoe', 1), 'mmoe')
     """
-    if builder is None:
-        from model.registry import build_model as builder
 
-    info = load_info(settings_or_root, ref)
-    if expected_spec is not None:
-        check_spec(info, expected_spec)
-    fs, _ = _fs(_store_root(settings_or_root))
-    state = torch.load(io.BytesIO(_read_bytes(fs, f"{info.path}/{WEIGHTS_FILE}")), map_location=map_location,
-                       weights_only=True)
-    model = builder(info.architecture, info.spec, info.model_config)
-    model.load_state_dict(state)
-    model.to(map_location)
-    model.eval()
-    return model, info
+    root: str
+
+    @classmethod
+    def of(cls, settings) -> "ModelStore":
+        """The store of a :class:`conf.settings.Settings`' lake."""
+        return cls(settings.lake.model_store)
+
+    def list_models(self) -> dict[str, list[int]]:
+        """``{name: [complete versions, ascending]}`` of the store."""
+        fs, root = _fs(self.root)
+        out = {}
+        for child in _children(fs, root):
+            if child.type == pafs.FileType.Directory and not child.base_name.startswith("."):
+                versions = _versions(fs, child.path)
+                if versions:
+                    out[child.base_name] = versions
+        return dict(sorted(out.items()))
+
+
+    def save(
+        self,
+        name: str,
+        model: nn.Module,
+        spec: FeatureSpec,
+        *,
+        architecture: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        train_config: dict[str, Any] | None = None,
+        examples_version: int | None = None,
+        date_split: dict[str, list[str]] | None = None,
+        metrics: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ModelInfo:
+        """Store ``model`` as the next version of ``name``; returns its :class:`ModelInfo`."""
+        parse_ref(name)
+        fs, root = _fs(self.root)
+        model_dir = f"{root}/{name}"
+        fs.create_dir(model_dir, recursive=True)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        if hasattr(model, "config_dict"):  # the registry models' own record of every config field
+            model_config = model.config_dict()
+        info = ModelInfo(
+            name=name, version=0, architecture=architecture or name, model_config=dict(model_config or {}),
+            train_config=dict(train_config or {}), spec_fingerprint=spec.fingerprint(),
+            examples_version=None if examples_version is None else int(examples_version),
+            date_split={k: list(v) for k, v in (date_split or {}).items()}, metrics=dict(metrics or {}),
+            code_revision=code_revision(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            parameters=sum(p.numel() for p in model.parameters()), extra=dict(extra or {}), spec=spec,
+        )
+        if not isinstance(fs, pafs.LocalFileSystem):  # object store: no atomic rename, info.json last
+            existing = _versions(fs, model_dir, complete_only=False)
+            info.version = (existing[-1] if existing else 0) + 1
+            final = f"{model_dir}/{format_version(info.version)}"
+            _write_bytes(fs, f"{final}/{WEIGHTS_FILE}", buffer.getvalue())
+            _write_bytes(fs, f"{final}/{SPEC_FILE}", spec.to_json().encode())
+            _write_bytes(fs, f"{final}/{INFO_FILE}", info.to_json().encode())
+            info.path = final
+            return info
+        tmp = f"{model_dir}/.tmp-{uuid.uuid4().hex}"
+        fs.create_dir(tmp, recursive=True)
+        _write_bytes(fs, f"{tmp}/{WEIGHTS_FILE}", buffer.getvalue())
+        _write_bytes(fs, f"{tmp}/{SPEC_FILE}", spec.to_json().encode())
+        for _attempt in range(100):
+            existing = _versions(fs, model_dir, complete_only=False)  # never reuse a number, even a broken one
+            info.version = (existing[-1] if existing else 0) + 1
+            _write_bytes(fs, f"{tmp}/{INFO_FILE}", info.to_json().encode())
+            final = f"{model_dir}/{format_version(info.version)}"
+            if fs.get_file_info(final).type != pafs.FileType.NotFound:
+                continue
+            try:
+                os.rename(tmp, final)  # atomic; fails if another save created `final` meanwhile
+            except OSError:
+                continue
+            info.path = final
+            return info
+        raise RuntimeError(f"could not claim a version for {name} under {model_dir}")
+
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """``name`` -> (name, newest version); ``name@v`` -> checked to exist. Clear errors otherwise."""
+        name, version = parse_ref(ref)
+        models = self.list_models()
+        if name not in models:
+            raise ModelNotFound(f"no model named {name!r} in {self.root}: {_describe(models)}")
+        if version is None:
+            return name, models[name][-1]
+        if version not in models[name]:
+            raise ModelNotFound(
+                f"model {name} has no version {version}: versions {', '.join(map(str, models[name]))} exist "
+                f"(newest {name}@{models[name][-1]})"
+            )
+        return name, version
+
+
+    def info(self, ref: str) -> ModelInfo:
+        name, version = self.resolve(ref)
+        fs, root = _fs(self.root)
+        path = f"{root}/{name}/{format_version(version)}"
+        d = json.loads(_read_bytes(fs, f"{path}/{INFO_FILE}"))
+        spec = FeatureSpec.from_json(_read_bytes(fs, f"{path}/{SPEC_FILE}").decode())
+        known = set(ModelInfo.__dataclass_fields__) - {"spec", "path"}
+        info = ModelInfo(**{k: v for k, v in d.items() if k in known}, spec=spec, path=path)
+        if spec.fingerprint() != info.spec_fingerprint:
+            raise ValueError(f"{info.ref}: stored feature spec does not match its recorded fingerprint "
+                             "(corrupt artifact)")
+        return info
+
+
+    def load(self, ref: str, map_location: str | torch.device = "cpu",
+                 expected_spec: FeatureSpec | None = None, builder=None) -> tuple[nn.Module, ModelInfo]:
+        """Rebuild the stored model in eval mode; with ``expected_spec``, refuse a spec mismatch first.
+
+        ``builder(architecture, spec, config)`` defaults to ``model.registry.build_model``.
+        """
+        if builder is None:
+            from model.registry import build_model as builder
+
+        info = self.info(ref)
+        if expected_spec is not None:
+            check_spec(info, expected_spec)
+        fs, _ = _fs(self.root)
+        state = torch.load(io.BytesIO(_read_bytes(fs, f"{info.path}/{WEIGHTS_FILE}")), map_location=map_location,
+                           weights_only=True)
+        model = builder(info.architecture, info.spec, info.model_config)
+        model.load_state_dict(state)
+        model.to(map_location)
+        model.eval()
+        return model, info
 
 
 def check_spec(info: ModelInfo, actual: FeatureSpec) -> None:

@@ -29,3 +29,21 @@ def test_a_table_moved_to_another_lake_is_re_pointed_in_the_catalog(spark, setti
     write_table(spark.createDataFrame([(1,)], "k long"), settings, table)
     write_table(spark.createDataFrame([(1,), (2,)], "k long"), other, table)
     assert spark.sql(f"SELECT count(*) FROM {settings.lake.database}.t_conf_moved").first()[0] == 2
+
+
+def test_session_conf_puts_the_previous_value_back_even_when_the_block_fails(spark):
+    import pytest
+
+    from conf.spark import session_conf
+
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    with pytest.raises(RuntimeError):
+        with session_conf(spark, key, "7"):
+            assert spark.conf.get(key) == "7"
+            raise RuntimeError("scoring failed")
+    assert spark.conf.get(key) == before
+    unset_key = "spark.infnet.test.unset"
+    with session_conf(spark, unset_key, "x"):
+        assert spark.conf.get(unset_key) == "x"
+    assert spark.conf.get(unset_key, None) is None

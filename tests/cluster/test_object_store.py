@@ -11,7 +11,7 @@ from conf.storage import arrow_filesystem
 from features.spec import demo_spec
 from model.predict import predict_columns
 from model.registry import build_model
-from model.store import list_models, load_info, load_model, resolve_ref, save_model
+from model.store import ModelStore
 from model.synthetic import synthetic_examples
 
 SPEC = demo_spec(seq_len=5)
@@ -21,12 +21,12 @@ SMALL = {"embed_dim": 8, "bottom_hidden": [16], "tower_hidden": [8]}
 def test_the_model_store_round_trips_on_s3a(s3_env):
     root = "s3a://lake/store-test/models"
     model = build_model("shared_bottom", SPEC, SMALL, seed=1).eval()
-    first = save_model(root, "ranker", model, SPEC, architecture="shared_bottom", metrics={"mtl_auc": 0.5})
-    second = save_model(root, "ranker", build_model("shared_bottom", SPEC, SMALL, seed=2), SPEC,
+    first = ModelStore(root).save("ranker", model, SPEC, architecture="shared_bottom", metrics={"mtl_auc": 0.5})
+    second = ModelStore(root).save("ranker", build_model("shared_bottom", SPEC, SMALL, seed=2), SPEC,
                         architecture="shared_bottom")
     assert (first.ref, second.ref) == ("ranker@1", "ranker@2")
-    assert list_models(root) == {"ranker": [1, 2]} and resolve_ref(root, "ranker") == ("ranker", 2)
-    loaded, info = load_model(root, "ranker@1")
+    assert ModelStore(root).list_models() == {"ranker": [1, 2]} and ModelStore(root).resolve("ranker") == ("ranker", 2)
+    loaded, info = ModelStore(root).load("ranker@1")
     rows = synthetic_examples(SPEC, 32, seed=3)
     for task, values in predict_columns(model, SPEC, rows).items():
         np.testing.assert_array_equal(values, predict_columns(loaded, SPEC, rows)[task])
@@ -35,9 +35,9 @@ def test_the_model_store_round_trips_on_s3a(s3_env):
     fs, path = arrow_filesystem(f"{root}/ranker/000003/weights.pt")
     with fs.open_output_stream(path) as out:
         out.write(b"partial")
-    assert list_models(root) == {"ranker": [1, 2]}
-    third = save_model(root, "ranker", model, SPEC, architecture="shared_bottom")
-    assert third.version == 4 and load_info(root, "ranker").version == 4
+    assert ModelStore(root).list_models() == {"ranker": [1, 2]}
+    third = ModelStore(root).save("ranker", model, SPEC, architecture="shared_bottom")
+    assert third.version == 4 and ModelStore(root).info("ranker").version == 4
 
 
 def test_s3_settings_come_from_the_environment(s3_env):

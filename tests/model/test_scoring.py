@@ -13,7 +13,7 @@ from model.predict import load_predictor
 from model.registry import MODEL_NAMES, build_model
 from model.scoring import (ScoringSettings, make_batch_scorer, output_schema_ddl, score_packed_batch,
                            score_record_batch)
-from model.store import save_model
+from model.store import ModelStore
 
 SPEC = demo_spec(seq_len=6)
 # 9 candidate rows in 3 requests: rows of one request share the user side of its first row
@@ -46,7 +46,7 @@ def packed_batch(data: pa.RecordBatch, passthrough=("request_id", "impression_id
 def store(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
     for name in MODEL_NAMES:
-        save_model(root, name, build_model(name, SPEC, seed=0), SPEC, architecture=name)
+        ModelStore(root).save(name, build_model(name, SPEC, seed=0), SPEC, architecture=name)
     return root
 
 
@@ -212,7 +212,7 @@ def test_dense_inputs_score_the_same_in_both_layouts_with_and_without_reuse(tmp_
 
     spec = replace(SPEC, dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
     root = str(tmp_path)
-    save_model(root, "infnet", build_model("infnet", spec, seed=0), spec, architecture="infnet")
+    ModelStore(root).save("infnet", build_model("infnet", spec, seed=0), spec, architecture="infnet")
     predictor = load_predictor(root, "infnet")
     data = candidate_batch(seed=3)
     rng = np.random.default_rng(0)

@@ -10,7 +10,7 @@ import pytest
 from features.spec import FeatureSpecMismatch, demo_spec
 from model.registry import build_model
 from model.predict import load_predictor, predict_columns
-from model.store import ModelNotFound, list_models, load_info, load_model, parse_ref, resolve_ref, save_model
+from model.store import ModelNotFound, ModelStore, parse_ref
 from model.synthetic import synthetic_examples
 
 SPEC = demo_spec(seq_len=5)
@@ -25,7 +25,7 @@ def make_model(seed: int = 0):
 
 
 def save(root, name="ranker", seed=0, **kw):
-    return save_model(root, name, make_model(seed), SPEC, architecture=ARCH, model_config={},
+    return ModelStore(root).save(name, make_model(seed), SPEC, architecture=ARCH, model_config={},
                       train_config={"lr": 0.001}, examples_version=3,
                       date_split={"train": ["2022-04-25"], "valid": ["2022-04-26"]},
                       metrics={"test": {"click": {"auc": 0.7}}}, **kw)
@@ -34,10 +34,10 @@ def save(root, name="ranker", seed=0, **kw):
 def test_save_load_gives_identical_predictions(tmp_path):
     root = str(tmp_path / "models")
     model = make_model(1)
-    info = save_model(root, "ranker", model, SPEC, architecture=ARCH, examples_version=5,
+    info = ModelStore(root).save("ranker", model, SPEC, architecture=ARCH, examples_version=5,
                       date_split={"train": ["2022-04-25"]}, metrics={"mtl_auc": 0.5})
     assert info.ref == "ranker@1"
-    loaded, loaded_info = load_model(root, "ranker@1")
+    loaded, loaded_info = ModelStore(root).load("ranker@1")
     rows = synthetic_examples(SPEC, 64, seed=4)
     before = predict_columns(model, SPEC, rows)
     after = predict_columns(loaded, SPEC, rows)
@@ -54,12 +54,12 @@ def test_save_load_gives_identical_predictions(tmp_path):
 def test_name_resolves_to_newest_and_versions_increase(tmp_path):
     root = str(tmp_path)
     assert [save(root, seed=s).version for s in range(3)] == [1, 2, 3]
-    assert resolve_ref(root, "ranker") == ("ranker", 3)
-    assert load_info(root, "ranker@000002").version == 2
-    assert list_models(root) == {"ranker": [1, 2, 3]}
+    assert ModelStore(root).resolve("ranker") == ("ranker", 3)
+    assert ModelStore(root).info("ranker@000002").version == 2
+    assert ModelStore(root).list_models() == {"ranker": [1, 2, 3]}
     # an unfinished save (no info.json) is not a version
     (tmp_path / "ranker" / "000004").mkdir()
-    assert resolve_ref(root, "ranker") == ("ranker", 3)
+    assert ModelStore(root).resolve("ranker") == ("ranker", 3)
     assert save(root).version == 5  # its number is not reused
 
 
@@ -67,11 +67,11 @@ def test_missing_name_or_version_lists_what_exists(tmp_path):
     root = str(tmp_path)
     save(root)
     with pytest.raises(ModelNotFound, match=r"no version 9: versions 1 exist \(newest ranker@1\)"):
-        load_model(root, "ranker@9")
+        ModelStore(root).load("ranker@9")
     with pytest.raises(ModelNotFound, match=r"no model named 'other'.*ranker@\{1\}"):
-        load_model(root, "other")
+        ModelStore(root).load("other")
     with pytest.raises(ModelNotFound, match="store is empty"):
-        resolve_ref(str(tmp_path / "empty"), "ranker")
+        ModelStore(str(tmp_path / "empty")).resolve("ranker")
     with pytest.raises(ValueError, match="bad model version"):
         parse_ref("ranker@latest")
 
@@ -81,7 +81,7 @@ def test_spec_mismatch_is_a_clear_error(tmp_path):
     save(root)
     other = dataclasses.replace(SPEC, categorical=SPEC.categorical[:-1])
     with pytest.raises(FeatureSpecMismatch, match="model ranker@1"):
-        load_model(root, "ranker", expected_spec=other)
+        ModelStore(root).load("ranker", expected_spec=other)
     predictor = load_predictor(root, "ranker")
     predictor.check_spec(SPEC)  # same spec: quiet
     with pytest.raises(FeatureSpecMismatch):
