@@ -181,7 +181,7 @@ def import_external(spark, settings, args, date: str) -> None:
     from pyspark.sql import functions as F
 
     from conf.lake import read_table, write_table
-    from conf.schemas import INGEST_AUDIT_SCHEMA
+    from conf.schemas import EXTERNAL_CANDIDATES_SCHEMA, INGEST_AUDIT_SCHEMA
     from conf.tables import BRONZE_USERS, BRONZE_VIDEOS, CANDIDATES, INGEST_AUDIT, QUARANTINE
     from features.contracts import SOURCE_FILE_COL
     from features.external_candidates import quarantine_slice, split_external
@@ -200,8 +200,13 @@ def import_external(spark, settings, args, date: str) -> None:
     landed, bad = landed.cache(), bad.cache()
     n_landed, n_bad = landed.count(), bad.count()
     reconciled = rows_read == n_landed + n_bad
-    audit = [(run_id, CANDIDATES.name, ",".join(files) or args.from_, date, rows_read, n_landed, n_bad, reconciled, at)]
-    write_table(spark.createDataFrame(audit, INGEST_AUDIT_SCHEMA), settings, INGEST_AUDIT, {"run_id": run_id})
+    # columns of the import outside the contract are not landed: the audit row names them
+    known = {f.name for f in EXTERNAL_CANDIDATES_SCHEMA.fields} | {c for c in raw.columns if c.startswith("_")}
+    ignored = ",".join(sorted(c for c in raw.columns if c not in known)) or None
+    audit = [(run_id, CANDIDATES.name, ",".join(files) or args.from_, date, rows_read, n_landed, n_bad, reconciled, at,
+              ignored)]
+    write_table(spark.createDataFrame(audit, INGEST_AUDIT_SCHEMA), settings, INGEST_AUDIT, {"run_id": run_id},
+                merge_schema=True)  # an audit table written before `ignored_columns` existed gains it
     if not reconciled:
         raise JobError(f"candidates from {args.from_}: read {rows_read} != landed {n_landed} + quarantined {n_bad}; "
                        f"nothing written (audit run {run_id})")

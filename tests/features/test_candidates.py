@@ -110,7 +110,8 @@ def test_external_import_quarantines_bad_rows_and_reconciles(spark, lake, tmp_pa
 
     path = tmp_path / "ext.csv"
     pd.DataFrame({"user_id": ["1", "1", "2", "", "42"], "video_id": ["10", "11", "10", "12", "13"],
-                  "retrieval_score": ["0.9", "0.8", "x", "0.1", "0.2"], "channel": ["a", "b", None, None, None]}
+                  "retrieval_score": ["0.9", "0.8", "x", "0.1", "0.2"], "channel": ["a", "b", None, None, None],
+                  "note": ["n"] * 5}
                  ).to_csv(path, index=False)
     assert build(lake, "--date", "2022-04-26", "--from", str(path)) == 0
     ext = read(spark, lake, "candidates").where("source = 'external'").collect()
@@ -119,7 +120,8 @@ def test_external_import_quarantines_bad_rows_and_reconciles(spark, lake, tmp_pa
     assert sorted(r["reason"] for r in quarantine) == ["missing:user_id", "unknown_user", "unparseable:retrieval_score"]
     assert sorted(r["source_row"] for r in quarantine) == [3, 4, 5]
     audit = read_table(spark, lake, INGEST_AUDIT).where("table_name = 'candidates'").collect()
-    assert [(a["rows_read"], a["rows_landed"], a["rows_quarantined"], a["reconciled"]) for a in audit] == [(5, 2, 3, True)]
+    assert [(a["rows_read"], a["rows_landed"], a["rows_quarantined"], a["reconciled"], a["ignored_columns"])
+            for a in audit] == [(5, 2, 3, True, "note")]  # a column outside the contract is named, not landed
     assert build(lake, "--date", "2022-04-26", "--from", str(path)) == 0  # a rerun replaces, never duplicates
     assert read_table(spark, lake, QUARANTINE).where("source_table = 'candidates'").count() == 3
     assert read(spark, lake, "candidates").where("source = 'external'").count() == 2
