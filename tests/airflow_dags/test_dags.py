@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from raw_sample import landing_zone
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "airflow_dags"
@@ -408,27 +409,10 @@ def test_the_dags_read_table_names_from_conf_tables_without_pyspark():
 
 E2E = os.environ.get("INFNET_AIRFLOW_E2E", "1") != "0"
 LOCAL_SPARK = '{"conn_type": "spark", "host": "local[2]", "extra": {"deploy-mode": "client"}}'
-USER_SAMPLE_MODULO = 40  # ~700 users, ~400 impressions a day: the DAG's work, not the data's size
 
 
 def _day(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
-
-
-def _landing_zone(folder: Path) -> Path:
-    """The bundled raw files restricted to a user sample, in the layout ingest reads by default."""
-    import pandas as pd
-
-    from conf.settings import RAW_SOURCE_FILES, raw_sources
-
-    source = raw_sources()
-    folder.mkdir()
-    keep = lambda df: df[df.user_id % USER_SAMPLE_MODULO == 0]  # noqa: E731
-    keep(pd.read_csv(source["log"])).to_csv(folder / RAW_SOURCE_FILES["log"], index=False)
-    keep(pd.read_csv(source["users"])).to_csv(folder / RAW_SOURCE_FILES["users"], index=False)
-    keep(pd.read_parquet(source["history"])).to_parquet(folder / RAW_SOURCE_FILES["history"], index=False)
-    (folder / RAW_SOURCE_FILES["videos"]).symlink_to(source["videos"])
-    return folder
 
 
 def _retire_stale_assets() -> None:
@@ -460,7 +444,7 @@ def test_dag_test_runs_the_pipeline_on_the_demo_data(dagbag, tmp_path, monkeypat
 
     lake = tmp_path / "lake"
     monkeypatch.setenv("INFNET_LAKE", str(lake))
-    monkeypatch.setenv("INFNET_RAW_DIR", str(_landing_zone(tmp_path / "landing")))
+    monkeypatch.setenv("INFNET_RAW_DIR", str(landing_zone(tmp_path / "landing")))
     monkeypatch.setenv("INFNET_SHUFFLE_PARTITIONS", "2")
     monkeypatch.setenv("AIRFLOW_CONN_SPARK_DEFAULT", LOCAL_SPARK)
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "false")

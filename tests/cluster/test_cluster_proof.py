@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from raw_sample import landing_zone
 
-from conf.settings import DEMO_DATA_DIR, ServiceSettings
+from conf.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-USER_SAMPLE_MODULO = 40
 LAKE = "s3a://lake/proof"
 DAY1, DAY2 = "2022-04-30", "2022-05-01"
 SUMMARY = REPO / ".services" / "cluster-proof-summary.txt"
@@ -117,21 +117,6 @@ class LineReader(threading.Thread):
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(line for _, line in self.lines[-n:])
-
-
-def landing_zone(folder: Path) -> Path:
-    """The bundled raw files restricted to a user sample (log, users, history; videos as they are),
-    in the layout ingest reads by default (``$INFNET_RAW_DIR``)."""
-    from conf.settings import RAW_SOURCE_FILES, raw_sources
-
-    source = raw_sources(str(DEMO_DATA_DIR))
-    folder.mkdir()
-    keep = lambda df: df[df.user_id % USER_SAMPLE_MODULO == 0]  # noqa: E731
-    keep(pd.read_csv(source["log"])).to_csv(folder / RAW_SOURCE_FILES["log"], index=False)
-    keep(pd.read_csv(source["users"])).to_csv(folder / RAW_SOURCE_FILES["users"], index=False)
-    keep(pd.read_parquet(source["history"])).to_parquet(folder / RAW_SOURCE_FILES["history"], index=False)
-    (folder / RAW_SOURCE_FILES["videos"]).symlink_to(source["videos"])
-    return folder
 
 
 @pytest.fixture(scope="module")
