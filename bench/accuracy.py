@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="bench.accuracy", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--lake", required=True, help="a lake whose examples table holds the KuaiRand days")
+    p.add_argument("--lake", help="a lake whose examples table holds the KuaiRand days (required unless --merge)")
     p.add_argument("--examples-version", type=int, help="Delta version of examples (default: current)")
     p.add_argument("--models", help="comma list of registry names (default: all) plus ablation arm names")
     p.add_argument("--ablations", action="store_true", help="add INFNet without task tokens / PGU / cross-attention")
@@ -331,7 +331,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", metavar="JSON", help="per-arm settings chosen by a tuning run (its .json output)")
     p.add_argument("--label", default="", help="appended to every arm's name (variants of one arm in one table)")
     p.add_argument("--out", default=str(RESULTS / "accuracy.md"))
+    p.add_argument("--merge", metavar="JSON,JSON",
+                   help="no training: one table from the .json outputs of runs split by arm or seed (same "
+                        "examples version), an arm's runs pooled over the files; the header is the first file's")
     return p
+
+
+def merge_reports(paths: list[str]) -> tuple[list[ArmResult], dict[str, Any]]:
+    """The arms of several runs' .json outputs, an arm's runs (seeds) pooled, in first-seen order.
+
+    >>> import json, tempfile, os
+    >>> folder = tempfile.mkdtemp()
+    >>> for i, seed in enumerate((1, 2)):
+    ...     with open(os.path.join(folder, f"{i}.json"), "w") as f:
+    ...         json.dump({"header": {"seeds": [seed]}, "arms": [{"arm": "mmoe", "runs": [{"seed": seed}], "note": ""}]}, f)
+    >>> arms, header = merge_reports([os.path.join(folder, "0.json"), os.path.join(folder, "1.json")])
+    >>> [(a.arm, [r["seed"] for r in a.runs]) for a in arms], header["merged_from"][0].endswith("0.json")
+    ([('mmoe', [1, 2])], True)
+    """
+    arms: dict[str, ArmResult] = {}
+    header: dict[str, Any] = {}
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        header = header or dict(report["header"])
+        for a in report["arms"]:
+            merged = arms.setdefault(a["arm"], ArmResult(a["arm"], note=a.get("note", "")))
+            merged.runs.extend(a["runs"])
+    header["merged_from"] = list(paths)
+    return list(arms.values()), header
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -354,6 +381,15 @@ def main(argv=None) -> int:
     from model.train import TrainConfig, resolve_task_weights
 
     args = build_parser().parse_args(argv)
+    if args.merge:
+        arms, header = merge_reports([p for p in args.merge.split(",") if p])
+        Path(args.out).write_text(render_report(arms, header))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(
+            {"header": header, "arms": [a.__dict__ for a in arms]}, indent=1, default=float))
+        print(render_table(arms))
+        return 0
+    if not args.lake:
+        build_parser().error("--lake is required (unless --merge)")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     epochs = args.epochs
     if args.quick:
