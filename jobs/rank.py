@@ -44,7 +44,8 @@ def build_parser():
                         help="candidate source whose scores are ranked (default retrieval)")
     parser.add_argument("--k", type=int, default=rk.top_k, help=f"list length (default {rk.top_k})")
     parser.add_argument("--objective", default=objective_spec(rk.objective),
-                        help=f"TASK=WEIGHT,... over the task scores (default {objective_spec(rk.objective)})")
+                        help=f"TASK=WEIGHT,... over the task scores, plus retrieval=W for W x the retrieval "
+                             f"score (default {objective_spec(rk.objective)})")
     parser.add_argument("--no-evaluate", action="store_true", help="write the lists only, no replay metrics")
     return parser
 
@@ -65,7 +66,7 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
     from conf.lake import read_table, table_exists
     from conf.schemas import RECOMMENDATIONS_SCHEMA
     from conf.tables import CANDIDATES, SCORES
-    from model.ranking import objective_column, objective_spec, top_k
+    from model.ranking import RETRIEVAL_TERM, objective_column, objective_spec, top_k
 
     if not table_exists(spark, settings, SCORES):
         raise JobError(f"the scores table does not exist yet: run `infnet score --model {model} --date {date}` first")
@@ -80,7 +81,7 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights, k: int
         raise JobError(f"no scores of {model} for {source} candidates on {date}: run `infnet build_candidates "
                        f"--source {source} --date {date}` and `infnet score --model {model} --source {source} "
                        f"--date {date}` first")
-    missing = [t for t, _ in weights if f"score_{t}" not in scores.columns]
+    missing = [t for t, _ in weights if t != RETRIEVAL_TERM and f"score_{t}" not in scores.columns]
     if missing:
         raise JobError(f"--objective names tasks without scores: {missing}")
     meta = (read_table(spark, settings, CANDIDATES)

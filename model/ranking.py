@@ -7,6 +7,12 @@ user), the K candidates with the highest objective; a video the user got in seve
 the date counts once, at its best; ties are broken by ``video_id`` (then ``request_id``), so a
 rerun gives the same list.
 
+One more term may join the sum: ``retrieval=W`` adds ``W * retrieval_score`` (the retrieval
+stage's fused reciprocal-rank score, 0 when a candidate has none). The task scores are
+probabilities *given the video is shown*; the retrieval score carries what the models never saw:
+which videos get shown and engaged with at all (popularity, co-visitation), so a blend can rank
+better than either alone on replay.
+
 >>> parse_objective("click=1, long_view=2,like=5")
 (('click', 1.0), ('long_view', 2.0), ('like', 5.0))
 >>> objective_spec((("click", 1.0), ("like", 0.5)))
@@ -22,6 +28,7 @@ from pyspark.sql import functions as F
 from conf.tables import score_column
 
 Objective = tuple[tuple[str, float], ...]
+RETRIEVAL_TERM = "retrieval"  # objective term over the candidate's retrieval_score, not a task score
 
 
 def parse_objective(text: str) -> Objective:
@@ -48,10 +55,13 @@ def objective_spec(weights: Objective) -> str:
 
 
 def objective_column(weights: Objective) -> Column:
-    """``sum_t weight_t * score_<t>`` (null when a weighted score is null)."""
+    """``sum_t weight_t * score_<t>`` (null when a weighted score is null), plus ``weight *
+    retrieval_score`` for a ``retrieval`` term (0 for a candidate without one)."""
     total = None
     for task, weight in weights:
-        term = F.lit(float(weight)) * F.col(score_column(task))
+        value = (F.coalesce(F.col("retrieval_score"), F.lit(0.0)) if task == RETRIEVAL_TERM
+                 else F.col(score_column(task)))
+        term = F.lit(float(weight)) * value
         total = term if total is None else total + term
     return total
 

@@ -42,6 +42,17 @@ def test_top_k_is_deterministic_under_ties_and_keeps_a_video_once(spark):
     assert weighted["video_id"] == 12  # like-heavy objective: v12 (like 0.3) wins
 
 
+def test_a_retrieval_term_blends_the_retrieval_score_in(spark):
+    from pyspark.sql import functions as F
+
+    retrieval = {10: 0.0, 11: 0.05, 12: None, 13: 0.0}  # v12 has no retrieval score: counts 0
+    df = spark.createDataFrame(ROWS[:4], SCORES).withColumn(
+        "retrieval_score", F.element_at(F.create_map(*[F.lit(x) for kv in retrieval.items() for x in kv]), F.col("video_id")))
+    blended = top_k(df, parse_objective("click=1,long_view=1,like=1,retrieval=30"), k=4).orderBy("rank").collect()
+    # v11: 1.0 + 30 * 0.05 = 2.5 overtakes v13 (2.0); v12 stays last at 0.9
+    assert [(r["video_id"], round(r["objective"], 6)) for r in blended] == [(11, 2.5), (13, 2.0), (10, 1.0), (12, 0.9)]
+
+
 def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_factory, capsys):
     from pyspark.sql import functions as F
 
