@@ -201,6 +201,9 @@ class SparkSettings:
     jars_dir: str = field(default_factory=lambda: os.environ.get("INFNET_JARS_DIR", str(REPO_ROOT / "jars")))
     bind_address: str = _env("INFNET_SPARK_BIND_ADDRESS", "127.0.0.1")
     connect_timeout_s: float = _env_float("INFNET_SPARK_CONNECT_TIMEOUT", 5.0)
+    # a job started right after another one exits can find the embedded Derby catalog still held
+    # for a moment (the previous driver JVM is shutting down): wait this long before refusing
+    catalog_release_wait_s: float = _env_float("INFNET_CATALOG_RELEASE_WAIT", 15.0)
     # GPU executors: cluster masters only (in local[*] the task amount fails at start-up and the
     # executor amount hangs); 0 = no GPU scheduling
     executor_gpus: int = _env_int("INFNET_EXECUTOR_GPUS", 0)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -56,15 +57,19 @@ def derby_held_by_another_process(metastore_dir: str) -> bool:
 
 def check_catalog_free(settings: Settings) -> None:
     """Refuse to start a Spark application on a catalog another process holds (one clear line
-    instead of the metastore's retries and 20k lines of stack traces). Skipped when this process
-    already runs a Spark session: its own JVM may be the holder."""
+    instead of the metastore's retries and 20k lines of stack traces), after waiting up to
+    ``settings.spark.catalog_release_wait_s`` for a job that is just exiting to let go of it.
+    Skipped when this process already runs a Spark session: its own JVM may be the holder."""
     from pyspark import SparkContext
 
     if SparkContext._active_spark_context is not None:
         return
     metastore_dir = settings.lake.metastore_dir
-    if derby_held_by_another_process(metastore_dir):
-        raise JobError(catalog_in_use_message(metastore_dir))
+    deadline = time.monotonic() + max(settings.spark.catalog_release_wait_s, 0.0)
+    while derby_held_by_another_process(metastore_dir):
+        if time.monotonic() >= deadline:
+            raise JobError(catalog_in_use_message(metastore_dir))
+        time.sleep(0.5)
 
 
 def is_catalog_in_use_error(err: BaseException) -> bool:

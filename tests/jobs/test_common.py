@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from jobs.common import catalog_in_use_message, derby_held_by_another_process, i
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "INFNET_SPARK_MASTER": "local[1]", "INFNET_SHUFFLE_PARTITIONS": "1"}
+def run_cli(*args: str, timeout: int = 600, catalog_wait: str = "1") -> subprocess.CompletedProcess:
+    env = {**os.environ, "INFNET_SPARK_MASTER": "local[1]", "INFNET_SHUFFLE_PARTITIONS": "1",
+           "INFNET_CATALOG_RELEASE_WAIT": catalog_wait}
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
@@ -26,10 +28,12 @@ def test_a_second_job_on_a_held_catalog_is_one_line_and_exit_2(spark, settings):
     second process on the same lake used to print 23k lines of stack traces and exit 1."""
     assert spark.catalog.databaseExists(settings.lake.database)  # the metastore is booted here
     assert derby_held_by_another_process(settings.lake.metastore_dir)
-    result = run_cli("sql", "--lake", settings.lake.root, "SELECT 1", timeout=120)
+    started = time.monotonic()
+    result = run_cli("sql", "--lake", settings.lake.root, "SELECT 1", timeout=120, catalog_wait="3")
     assert result.returncode == 2
     assert result.stderr.strip() == f"sql: error: {catalog_in_use_message(settings.lake.metastore_dir)}"
     assert result.stdout == ""
+    assert time.monotonic() - started >= 3  # it waited for a job that might be exiting before refusing
 
 
 def test_a_stale_lock_file_is_not_a_held_catalog(tmp_path):
