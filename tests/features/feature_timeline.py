@@ -112,3 +112,22 @@ def expected_user_counts(user: int, t: int) -> tuple[int, int, int, int]:
     """(n, clicks, long_views, likes) of the user's events visible strictly before ``t``."""
     earlier = [e for e in EVENTS if e[0] == user and visible_ms(e) < t]
     return len(earlier), sum(e[3] for e in earlier), sum(e[4] for e in earlier), sum(e[5] for e in earlier)
+
+
+SEQ_LEN = 4  # the feature tests' sequence length: small, so truncation is exercised
+
+
+def featurise(spark, feature_settings, shuffle_seed: int, history_rel: int | None = None, vocabulary=None):
+    """build_features over the timeline log (+ one query for an unknown user and video)."""
+    from pyspark.sql import functions as F
+
+    from features.examples import build_features
+
+    log, users, videos, history = bronze_frames(spark, shuffle_seed)
+    if history_rel is not None:
+        history = history.withColumn("last_time_ms", F.lit(DAY0 + history_rel))
+    queries = log.select("impression_id", "user_id", "video_id", "time_ms", "tab", "date")
+    unknown = spark.createDataFrame([("unknown", 3, 999, DAY0 + 7_000, None)],
+                                    "impression_id string, user_id bigint, video_id bigint, time_ms bigint, tab int")
+    queries = queries.unionByName(unknown.withColumn("date", F.lit(None).cast("date")))
+    return build_features(queries, log, users, videos, history, feature_settings, vocabulary)

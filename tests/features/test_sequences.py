@@ -6,7 +6,7 @@ import math
 import pytest
 
 import feature_timeline as tl
-from conftest import SEQ_LEN, featurise
+from feature_timeline import SEQ_LEN, featurise
 
 BEHAVIOURS = ("click", "long_view", "like")
 

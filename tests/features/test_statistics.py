@@ -67,7 +67,7 @@ def test_labels_count_from_the_end_of_playback_and_the_switch_restores_the_old_c
     visible at 5000; with ``label_delay=False`` it is visible from 3000 on (the old, leaky cut)."""
     from dataclasses import replace
 
-    from conftest import featurise
+    from feature_timeline import featurise
 
     fs = feature_settings
     def like_bucket(likes, n):
@@ -87,7 +87,7 @@ def test_finer_buckets_and_raw_dense_values(spark, feature_settings):
     """k buckets per doubling of the count, 100 rate buckets, and the raw log1p(n) / logit(rate) beside them."""
     from dataclasses import replace
 
-    from conftest import featurise
+    from feature_timeline import featurise
 
     fs = replace(feature_settings, count_buckets_per_doubling=4, rate_buckets=100, dense_stats=True)
     rows = {r["impression_id"]: r.asDict() for r in featurise(spark, fs, 0).collect()}

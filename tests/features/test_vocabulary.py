@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 import feature_timeline as tl
-from conftest import featurise
+from feature_timeline import featurise
 
 
 @pytest.fixture(scope="module")
