@@ -48,6 +48,17 @@ from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
 SOURCE_FILE_COL = "_source_file"
 SOURCE_ROW_COL = "_source_row"
 CORRUPT_COL = "_corrupt_record"
+READER_COLUMNS = (SOURCE_FILE_COL, SOURCE_ROW_COL, CORRUPT_COL)
+
+
+def ignored_columns(columns, contract_columns) -> list[str]:
+    """The raw columns outside the contract (not landed anywhere), leaving out the reader's own.
+
+    >>> ignored_columns(["user_id", "note", "_source_file"], ["user_id"])
+    ['note']
+    """
+    known = set(contract_columns) | set(READER_COLUMNS)
+    return sorted(c for c in columns if c not in known)
 REASON_COL = "_reason"
 
 

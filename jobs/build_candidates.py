@@ -183,7 +183,7 @@ def import_external(spark, settings, args, date: str) -> None:
     from conf.lake import read_table, write_table
     from conf.schemas import EXTERNAL_CANDIDATES_SCHEMA, INGEST_AUDIT_SCHEMA
     from conf.tables import BRONZE_USERS, BRONZE_VIDEOS, CANDIDATES, INGEST_AUDIT, QUARANTINE
-    from features.contracts import SOURCE_FILE_COL
+    from features.contracts import SOURCE_FILE_COL, ignored_columns
     from features.external_candidates import quarantine_slice, split_external
 
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -201,8 +201,7 @@ def import_external(spark, settings, args, date: str) -> None:
     n_landed, n_bad = landed.count(), bad.count()
     reconciled = rows_read == n_landed + n_bad
     # columns of the import outside the contract are not landed: the audit row names them
-    known = {f.name for f in EXTERNAL_CANDIDATES_SCHEMA.fields} | {c for c in raw.columns if c.startswith("_")}
-    ignored = ",".join(sorted(c for c in raw.columns if c not in known)) or None
+    ignored = ",".join(ignored_columns(raw.columns, EXTERNAL_CANDIDATES_SCHEMA.fieldNames())) or None
     audit = [(run_id, CANDIDATES.name, ",".join(files) or args.from_, date, rows_read, n_landed, n_bad, reconciled, at,
               ignored)]
     write_table(spark.createDataFrame(audit, INGEST_AUDIT_SCHEMA), settings, INGEST_AUDIT, {"run_id": run_id},

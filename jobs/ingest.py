@@ -52,7 +52,7 @@ def read_raw(spark, path: str, contract):
     from pyspark.sql import functions as F
 
     from conf.schemas import string_schema
-    from features.contracts import CORRUPT_COL, SOURCE_FILE_COL, as_strings, with_source_position
+    from features.contracts import CORRUPT_COL, READER_COLUMNS, SOURCE_FILE_COL, as_strings, with_source_position
 
     is_parquet = ".parquet" in path.lower() or path.lower().endswith(".pq")
     try:
@@ -79,11 +79,10 @@ def read_raw(spark, path: str, contract):
     missing = [c for c in contract.columns if c not in df.columns]
     if missing:
         raise JobError(f"{contract.table}: {path} lacks the contract columns {missing}; "
-                       f"its columns are {[c for c in df.columns if c not in BOOKKEEPING]}")
+                       f"its columns are {[c for c in df.columns if c not in READER_COLUMNS]}")
     return with_source_position(df)
 
 
-BOOKKEEPING = ("_source_file", "_source_row", "_corrupt_record")  # features.contracts' reader columns
 # What a damaged raw file makes Spark's readers say (gzip/zlib streams, Parquet footers).
 UNREADABLE_MARKERS = (
     "Unexpected end of input stream", "Corrupt GZIP trailer", "Not in GZIP format", "invalid block type",
@@ -122,7 +121,7 @@ def load_raw(spark, path: str, contract) -> RawInput:
     """Read, cache and count one raw source before anything is written: a damaged or empty file
     stops the job here with one line, and raw columns outside the contract are listed (they are
     not landed anywhere; the audit row names them)."""
-    from features.contracts import SOURCE_FILE_COL
+    from features.contracts import SOURCE_FILE_COL, ignored_columns
 
     df = read_raw(spark, path, contract).persist()
     try:
@@ -137,7 +136,7 @@ def load_raw(spark, path: str, contract) -> RawInput:
     if rows == 0:
         df.unpersist()
         raise JobError(f"{contract.table}: {path} has no data rows; {contract.table} is left as it was")
-    ignored = sorted(c for c in df.columns if c not in contract.columns and c not in BOOKKEEPING)
+    ignored = ignored_columns(df.columns, contract.columns)
     return RawInput(contract, path, df, files, rows, ignored)
 
 
