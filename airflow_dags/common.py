@@ -239,7 +239,7 @@ def score_and_evaluate(
 
 @dataclass(frozen=True)
 class DateWindow:
-    """Train and validation day ranges in the jobs' ``a..b`` form (jobs.common.parse_dates)."""
+    """Train and validation day ranges in the jobs' ``a..b`` form (conf.syntax.parse_dates)."""
 
     train: str
     valid: str
@@ -279,7 +279,7 @@ def window_end(params: Mapping[str, Any], dag_run: Any, triggering_asset_events:
     dates = _event_dates(triggering_asset_events)
     if dates:
         return dt.date.fromisoformat(max(dates))
-    when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after")
+    when = getattr(dag_run, "logical_date", None) or dag_run.run_after
     return when.date()
 
 

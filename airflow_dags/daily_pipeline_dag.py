@@ -13,7 +13,9 @@
   2022-04-25 --to-date 2022-05-04``) never duplicate rows.
 - The champion (control) and challenger (treatment) are DAG params, ``name`` or
   ``name@version``: ``airflow dags trigger infnet_daily -c '{"challenger": "infnet@3"}'``.
-  Without a version the jobs take the newest one in the model store.
+  Without a version the jobs take the newest one in the model store. A param is checked against
+  ``conf.syntax.MODEL_REF_PATTERN``, the rule the jobs parse with, so a run the DAG accepts is not
+  refused by its jobs (``mmoe@latest`` is refused at trigger time).
 - All Spark tasks share the pool ``spark_embedded`` of one slot: the embedded Derby metastore
   admits one JVM at a time, so the two scoring branches run one after the other (common.POOL).
 - A quality gate that fails exits 2: the task fails without retries and nothing downstream runs.
@@ -43,10 +45,10 @@ from airflow_dags.common import (  # noqa: E402
     score_and_evaluate,
     spark_job,
 )
+from conf.syntax import MODEL_REF_PATTERN  # noqa: E402  (the jobs' own rule: name or name@version)
 
 DAG_ID = "infnet_daily"
 DAY = "{{ ds }}"
-MODEL_REF = r"^[A-Za-z0-9_\-]+(@[A-Za-z0-9_.\-]+)?$"  # name or name@version
 
 with DAG(
     dag_id=DAG_ID,
@@ -57,9 +59,9 @@ with DAG(
     max_active_runs=1,  # days in order: the gates compare a partition with the previous one
     default_args=DEFAULT_ARGS,
     params={
-        "champion": Param("mmoe", type="string", pattern=MODEL_REF,
+        "champion": Param("mmoe", type="string", pattern=MODEL_REF_PATTERN,
                           description="control arm of the A/B report: model name or name@version"),
-        "challenger": Param("infnet", type="string", pattern=MODEL_REF,
+        "challenger": Param("infnet", type="string", pattern=MODEL_REF_PATTERN,
                             description="treatment arm of the A/B report: model name or name@version"),
     },
     tags=["infnet", "spark", "daily"],

@@ -7,7 +7,7 @@ Split (bundled KuaiRand days): train 2022-04-25..05-01, valid 05-02 (early stopp
 AUC over click / like / long_view), test 05-03..05-04. INFNet.md's LightGBM bar was trained on
 ..05-02 and tested on 05-03..04; here 05-02 is taken out of training for early stopping, for
 every arm alike (the LightGBM arm included), and the test days are never used to choose anything.
-The neural arms share one loss weighting, ``model.train.DEFAULT_TASK_WEIGHTS`` (like 10, chosen on
+The neural arms share one loss weighting, ``model.losses.DEFAULT_TASK_WEIGHTS`` (like 10, chosen on
 the valid day; ``--task-weight like=1`` gives the unweighted loss).
 
 Prints and writes (``bench/results/accuracy.md``, raw numbers in ``accuracy.json``) one table:
@@ -293,7 +293,7 @@ def render_report(arms, header: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from jobs.train import parse_task_weight
+    from model.losses import parse_task_weight
 
     p = argparse.ArgumentParser(prog="bench.accuracy", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--embedding-lr", type=float, help="learning rate of the embedding tables (default: --lr)")
     p.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
-                   help="loss weight, every arm alike (repeatable); default: model.train.DEFAULT_TASK_WEIGHTS "
+                   help="loss weight, every arm alike (repeatable); default: model.losses.DEFAULT_TASK_WEIGHTS "
                         "(like 10, chosen on the valid day), 1 for the other tasks")
     p.add_argument("--gradnorm", action="store_true", help="GradNorm task weights (starting from the loss weights)")
     p.add_argument("--uncertainty-weighting", action="store_true", help="learned uncertainty task weights (Kendall et al.)")
@@ -378,7 +378,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def main(argv=None) -> int:
     from model.registry import MODEL_NAMES
-    from model.train import TrainConfig, resolve_task_weights
+    from model.losses import resolve_task_weights
+    from model.train import TrainConfig
 
     args = build_parser().parse_args(argv)
     if args.merge:
@@ -405,7 +406,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown models {unknown}; known: {', '.join(MODEL_NAMES + tuple(ABLATIONS))}")
     overrides = parse_overrides(args.config)
 
-    from jobs.common import parse_dates
+    from conf.syntax import parse_dates
 
     splits = {"train": parse_dates(TRAIN), "valid": parse_dates(VALID), "test": parse_dates(TEST)}
     t0 = time.perf_counter()
@@ -486,7 +487,7 @@ def tune(args, names, overrides, spec, data, seed, train_config, header, out: Pa
     """Every arm over the same grid, one seed, chosen by mean valid AUC; writes ``out`` (.md/.json) with
     every run and ``best``: per arm the chosen settings, for ``--tuned``. Resumes: grid points already
     in ``out``'s JSON are not rerun."""
-    from model.train import resolve_task_weights
+    from model.losses import resolve_task_weights
 
     lrs = [float(x) for x in (args.tune_lr or str(train_config.lr)).split(",")]
     likes = [float(x) for x in (args.tune_like or str(train_config.task_weights.get("like", 1.0))).split(",")]

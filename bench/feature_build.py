@@ -31,10 +31,10 @@ def real_inputs(spark):
     from conf.settings import raw_sources
     from features.contracts import (HISTORY_CONTRACT, LOG_CONTRACT, USER_CONTRACT, VIDEO_CONTRACT, bronze_log,
                                     split_valid)
-    from jobs.ingest import read_raw
+    from features.ingest import read_raw
 
     def valid(name, contract):
-        return split_valid(read_raw(spark, raw_sources()[name], contract), contract)[0]
+        return split_valid(read_raw(spark, raw_sources()[name], contract.table, contract.columns), contract)[0]
 
     return (bronze_log(valid("log", LOG_CONTRACT)), valid("users", USER_CONTRACT),
             valid("videos", VIDEO_CONTRACT), valid("history", HISTORY_CONTRACT))

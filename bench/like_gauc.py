@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     from conf.settings import Settings
     from conf.spark import get_spark
-    from jobs.common import parse_dates
+    from conf.syntax import parse_dates
 
     settings = Settings().with_lake(args.lake)
     spark = get_spark(settings)

@@ -13,13 +13,22 @@ per second. The lake must hold the bronze tables, ``examples`` (its spec) and a 
 runs (features/candidate_features.py, packed) against the per-row one it replaced
 (``build_features`` on every candidate row, then ``pack_requests``), both written to Spark's
 ``noop`` sink, side by side.
+
+``--json PATH`` also writes the figures (:mod:`bench.figures`): ``total_seconds``, ``stage_seconds``
+(per stage: ``seconds`` and ``candidates_per_s``), ``candidates``, ``requests``, ``list_entries``,
+``cores``, the load average at the start and the end, and the run's settings. One run of the job
+is one repeat (it takes minutes); ``--repeats N`` runs the whole job N times and adds the
+per-stage median, min and max (``stage_seconds.<stage>.repeats``), the medians at the top level.
 """
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 import time
+
+from bench.figures import Figures, summary
 
 
 def main(argv=None) -> int:
@@ -32,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--compare-featurise", action="store_true",
                         help="also time per-key vs per-row featurisation of the same candidates")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the whole job (each stage's median, min, max)")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON (see the module docstring)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
     if "://" not in args.lake:  # the catalog stores locations: a relative path would resolve against the warehouse
@@ -42,50 +53,86 @@ def main(argv=None) -> int:
     from conf.lake import read_table
     from conf.spark import get_spark
     from conf.tables import CANDIDATES, RECOMMENDATIONS
-    from jobs import build_candidates, rank, score
-    from jobs.common import ModelRef, pin_model_ref, settings_from_args
+    from evaluation.lists import evaluate_lists, format_list_metrics
+    from conf.settings import Settings
+    from conf.syntax import ModelRef, parse_ref
+    from jobs.cli import main as infnet  # the stages timed are the jobs as users run them: `infnet <job>`
+    from model.store import ModelStore
 
     common = ["--lake", args.lake, "--master", args.master]
     sample = ["--max-users", str(args.max_users)] if args.max_users else []
     stages = [
-        ("build candidates (retrieval)", build_candidates.main,
-         ["--source", "retrieval", "--date", args.date, "--candidates-per-request", str(args.candidates_per_request),
-          *sample]),
-        ("score", score.main, ["--model", args.model, "--date", args.date, "--source", "retrieval"]),
-        ("top K (rank --no-evaluate)", rank.main, ["--model", args.model, "--date", args.date, "--no-evaluate"]),
+        ("build candidates (retrieval)", ["build_candidates", "--source", "retrieval", "--date", args.date,
+                                          "--candidates-per-request", str(args.candidates_per_request), *sample]),
+        ("score", ["score", "--model", args.model, "--date", args.date, "--source", "retrieval"]),
+        ("top K (rank --no-evaluate)", ["rank", "--model", args.model, "--date", args.date, "--no-evaluate"]),
     ]
-    seconds = {}
-    for name, job, flags in stages:
-        t0 = time.perf_counter()
-        rc = job([*flags, *common])
-        seconds[name] = time.perf_counter() - t0
-        if rc != 0:
-            print(f"bench.ranking: stage {name!r} failed (exit {rc})", file=sys.stderr)
-            return rc
+    figures = Figures("bench.ranking", vars(args))
+    runs: list[dict[str, float]] = []
+    for _ in range(args.repeats):
+        seconds = {}
+        for name, flags in stages:
+            t0 = time.perf_counter()
+            rc = infnet([*flags, *common])
+            seconds[name] = time.perf_counter() - t0
+            if rc != 0:
+                print(f"bench.ranking: stage {name!r} failed (exit {rc})", file=sys.stderr)
+                return rc
 
-    settings = settings_from_args(argparse.Namespace(lake=args.lake, master=args.master))
-    spark = get_spark(settings)
-    model = pin_model_ref(settings, ModelRef(args.model))
-    t0 = time.perf_counter()
-    metrics = rank.evaluate_lists(spark, settings, [model], args.date, "retrieval", settings.ranking.top_k)
-    seconds["replay evaluation"] = time.perf_counter() - t0
+        settings = Settings().with_lake(args.lake)
+        settings = replace(settings, spark=replace(settings.spark, master=args.master))
+        spark = get_spark(settings)
+        name, version = parse_ref(args.model)
+        if version is None:
+            name, version = ModelStore.of(settings).resolve(name)
+        model = ModelRef(name, str(version))
+        t0 = time.perf_counter()
+        metrics = evaluate_lists(spark, settings, [model], args.date, "retrieval", settings.ranking.top_k)
+        seconds["replay evaluation"] = time.perf_counter() - t0
+        runs.append(seconds)
     day = F.col("date") == F.lit(args.date).cast("date")
     cands = read_table(spark, settings, CANDIDATES).where(day & (F.col("source") == "retrieval"))
     n_candidates, n_requests = cands.count(), cands.select("request_id").distinct().count()
     n_listed = read_table(spark, settings, RECOMMENDATIONS).where(
         day & (F.col("model_name") == model.name) & (F.col("model_version") == model.version)).count()
 
-    print(f"\nranking job for {args.date}, {model}, {args.master}: {n_requests:,} requests, {n_candidates:,} candidates, "
-          f"{n_listed:,} list entries")
-    total = sum(seconds.values())
-    for name, s in seconds.items():
-        print(f"  {name:<30} {s:8.1f} s   {n_candidates / s:>10,.0f} candidates/s")
-    print(f"  {'total':<30} {total:8.1f} s   {n_candidates / total:>10,.0f} candidates/s")
+    print(f"\nranking job for {args.date}, {model}, {args.master}, {os.cpu_count()} cores: {n_requests:,} requests, "
+          f"{n_candidates:,} candidates, {n_listed:,} list entries"
+          + (f"; median (min-max) of {len(runs)} runs" if len(runs) > 1 else ""))
+    for name, s in job_figures(figures, runs, n_candidates, n_requests, n_listed, str(model)).items():
+        spread = f"  ({s['min']:.1f}-{s['max']:.1f})" if len(runs) > 1 else ""
+        print(f"  {name:<30} {s['median']:8.1f} s   {n_candidates / s['median']:>10,.0f} candidates/s{spread}")
+    figures.write(args.json)
     if metrics is not None:
-        rank.print_list_metrics(metrics, settings.ranking.top_k)
+        print(format_list_metrics(metrics, settings.ranking.top_k))
     if args.compare_featurise:
         compare_featurise(spark, settings, cands, n_candidates)
     return 0
+
+
+def job_figures(figures: Figures, runs: list[dict[str, float]], n_candidates: int, n_requests: int,
+                n_listed: int, model: str) -> dict[str, dict]:
+    """Put one ranking job's figures into ``figures`` (the keys a checking script reads) and return
+    the summary per stage and ``total``. ``runs``: seconds per stage, one dict per run of the job.
+
+    >>> fig = Figures("bench.ranking")
+    >>> out = job_figures(fig, [{"score": 4.0, "top K": 1.0}, {"score": 6.0, "top K": 1.0}], 100, 2, 10, "m@1")
+    >>> fig.data["total_seconds"], fig.data["stage_seconds"]["score"]["seconds"], fig.data["candidates"]
+    (6.0, 5.0, 100)
+    """
+    stages = {name: summary([run[name] for run in runs]) for name in runs[0]}
+    total = summary([sum(run.values()) for run in runs])
+    figures.data.update({
+        "model": model, "candidates": n_candidates, "requests": n_requests, "list_entries": n_listed,
+        "total_seconds": total["median"],
+        "candidates_per_s": n_candidates / total["median"] if total["median"] else None,
+        "stage_seconds": {name: {"seconds": s["median"], "candidates_per_s": n_candidates / s["median"]
+                                 if s["median"] else None, **s} for name, s in stages.items()},
+    })
+    figures.seconds("total", total["repeats"])
+    for name, s in stages.items():
+        figures.seconds(name, s["repeats"])
+    return {**stages, "total": total}
 
 
 def compare_featurise(spark, settings, candidates, n_candidates: int) -> None:

@@ -7,6 +7,8 @@ registers the table in the catalog (``<database>.<name>``) for SQL.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from conf.settings import Settings
 from conf.tables import TableDef
+
+log = logging.getLogger("infnet.lake")
 
 
 def qualified_name(settings: Settings, table: TableDef) -> str:
@@ -113,6 +117,13 @@ def current_version(spark: SparkSession, settings: Settings, table: TableDef) ->
     return int(history.select("version").first()[0])
 
 
+def hadoop_file(spark: SparkSession, uri: str):
+    """(Hadoop ``Path``, its ``FileSystem``) of a local path or any Hadoop filesystem URI."""
+    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop FS is only reachable through the JVM
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+
+
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
     """Write a text file to a local path or any Hadoop filesystem URI (like the lake itself)."""
     if "://" not in uri or uri.startswith("file:"):
@@ -120,9 +131,7 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         return
-    jvm = spark.sparkContext._jvm  # noqa: SLF001 - Hadoop FS is only reachable through the JVM
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(uri)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # noqa: SLF001
+    hadoop_path, fs = hadoop_file(spark, uri)
     stream = fs.create(hadoop_path, True)
     try:
         stream.write(bytearray(text.encode("utf-8")))
@@ -148,3 +157,42 @@ def add_missing_columns(spark: SparkSession, settings: Settings, table: TableDef
     if sets:
         spark.sql(f"UPDATE {name} SET {', '.join(sets)}")
     return [f.name for f in missing]
+
+
+def stage_parts(spark: SparkSession, parts, folder: str) -> DataFrame:
+    """Write each ``(name, make_frame)`` of ``parts`` as scratch Parquet under ``folder/name``, one
+    Spark plan at a time, and return them read back as one DataFrame, so that a table built from
+    plans too large to run at once still gets one commit: a crash leaves only scratch files, never
+    a half-written table. The caller removes ``folder`` (:func:`remove_path`) once it has written."""
+    names = []
+    for name, make_frame in parts:
+        started = time.time()
+        make_frame().write.mode("overwrite").parquet(f"{folder}/{name}")
+        log.info("staged %s in %.0f s", name, time.time() - started)
+        names.append(name)
+    return spark.read.parquet(*[f"{folder}/{n}" for n in names])
+
+
+def upgrade_lake(spark: SparkSession, settings: Settings) -> list[str]:
+    """Bring an older lake's tables to the current schema, the one place that knows how: every
+    job calls it once before it reads (``jobs.common.run_job``), so no job keeps a branch for an
+    old layout. Today: ``candidates`` and ``scores`` written before candidate sources existed gain
+    ``source``, their old rows marked ``logged`` (the only source there was); ``ingest_audit``
+    written before ``ignored_columns`` gains it (null on the old rows). Returns what was added as
+    ``table.column`` (nothing on a current or an empty lake: a few catalog look-ups)."""
+    from conf.schemas import CANDIDATES_SCHEMA, INGEST_AUDIT_SCHEMA, SCORES_SOURCE_FIELD, schema_of
+    from conf.tables import CANDIDATES, INGEST_AUDIT, SCORES
+
+    added = []
+    for table, schema in ((CANDIDATES, CANDIDATES_SCHEMA), (SCORES, schema_of([SCORES_SOURCE_FIELD])),
+                          (INGEST_AUDIT, INGEST_AUDIT_SCHEMA)):
+        added += [f"{table.name}.{column}" for column in
+                  add_missing_columns(spark, settings, table, schema, fill={"source": "'logged'"})]
+    return added
+
+
+def remove_path(spark: SparkSession, uri: str) -> None:
+    """Delete a folder (recursively) on a local path or any Hadoop filesystem URI; absent is fine."""
+    hadoop_path, fs = hadoop_file(spark, uri)
+    if fs.exists(hadoop_path):
+        fs.delete(hadoop_path, True)

@@ -154,6 +154,7 @@ RECOMMENDATIONS_SCHEMA = T.StructType([
     T.StructField("score_like", T.DoubleType(), True),
     T.StructField("score_long_view", T.DoubleType(), True),
     T.StructField("score_play_time", T.DoubleType(), True),
+    T.StructField("score_exposed", T.DoubleType(), True),  # entire-space models only (features/space.py)
     T.StructField("channels", T.ArrayType(T.StringType()), True),
     T.StructField("retrieval_score", T.DoubleType(), True),
     T.StructField("request_id", T.StringType(), False),

@@ -40,7 +40,7 @@ Project-local services (``ServiceSettings``; ``scripts/postgres.sh``, ``scripts/
 ``INFNET_THRIFT_PORT`` (10000), ``INFNET_THRIFT_MASTER`` (``local[2]``: the SQL endpoint's own Spark
 application), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_STANDALONE_UI_PORT`` (8090),
 ``INFNET_STANDALONE_WORKERS`` (2) of ``INFNET_WORKER_CORES`` (1) and ``INFNET_WORKER_MEMORY`` (1g),
-``INFNET_MOTO_PORT`` (5055).
+``INFNET_MOTO_PORT`` (5055), ``INFNET_MLFLOW_PORT`` (5056: the MLflow UI of ``scripts/mlflow.sh``).
 
 ``python -m conf.settings KEY`` prints one value for the shell scripts, e.g. ``services.pg_port``.
 
@@ -52,6 +52,7 @@ application), ``INFNET_STANDALONE_PORT`` (7077), ``INFNET_STANDALONE_UI_PORT`` (
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -155,6 +156,8 @@ class LakeSettings:
 
     root: str = field(default_factory=_default_lake)
     database: str = "infnet"
+    sql_engine: str = _env("INFNET_SQL_ENGINE", "spark")  # infnet sql's default: spark | duckdb (no JVM, read-only)
+    mlflow_uri: str = _env("INFNET_MLFLOW_TRACKING_URI")  # "": SQLite under the lake (mlflow_tracking_uri)
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
@@ -167,16 +170,46 @@ class LakeSettings:
         return self._join("warehouse")
 
     @property
+    def _local_root(self) -> Path | None:
+        """The lake's folder when it is on this machine (a path or ``file:``), else None."""
+        if "://" in self.root and not self.root.startswith("file:"):
+            return None
+        return Path(self.root.removeprefix("file:")).resolve()
+
+    @property
     def metastore_dir(self) -> str:
         """Embedded Derby metastore folder. Derby needs a local path: beside a local lake, or
         ``INFNET_METASTORE_DIR`` when the lake is remote (production uses a metastore service)."""
-        if "://" in self.root and not self.root.startswith("file:"):
+        if self._local_root is None:
             return os.environ.get("INFNET_METASTORE_DIR", str(REPO_ROOT / "metastore"))
-        return str(Path(self.root.removeprefix("file:")).resolve() / "metastore_db")
+        return str(self._local_root / "metastore_db")
 
     @property
     def model_store(self) -> str:
         return self._join("models")
+
+    @property
+    def _local_mlflow_dir(self) -> Path:
+        """SQLite needs a local file: under a local lake, else beside the remote lake's Derby folder."""
+        if self._local_root is None:
+            return Path(self.metastore_dir).parent / "mlflow"
+        return self._local_root / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """MLflow's tracking store of the training runs: ``$INFNET_MLFLOW_TRACKING_URI`` (another store
+        or an ``http://`` MLflow server), else a SQLite database under the lake.
+
+        >>> LakeSettings(root="/data/lake", mlflow_uri="").mlflow_tracking_uri
+        'sqlite:////data/lake/mlflow/mlflow.db'
+        """
+        return self.mlflow_uri or f"sqlite:///{self._local_mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """Where new MLflow experiments keep their runs' artifacts (a local folder for a remote lake,
+        as the SQLite default: MLflow writes object stores through boto3, which the project lacks)."""
+        return (self._local_mlflow_dir / "artifacts").as_uri()
 
     @property
     def feature_specs(self) -> str:
@@ -189,6 +222,11 @@ class LakeSettings:
     @property
     def data_docs(self) -> str:
         return self._join("data_docs")
+
+    @property
+    def staging(self) -> str:
+        """Scratch Parquet of a job run before its one Delta commit (never read as a table)."""
+        return self._join("_staging")
 
 
 @dataclass(frozen=True)
@@ -338,6 +376,7 @@ class ServiceSettings:
     worker_cores: int = _env_int("INFNET_WORKER_CORES", 1)
     worker_memory: str = _env("INFNET_WORKER_MEMORY", "1g")
     moto_port: int = _env_int("INFNET_MOTO_PORT", 5055)
+    mlflow_port: int = _env_int("INFNET_MLFLOW_PORT", 5056)  # scripts/mlflow.sh: the MLflow UI
     state_dir: str = _env("INFNET_SERVICES_DIR", str(REPO_ROOT / ".services"))
 
     @property
@@ -371,6 +410,42 @@ class FeatureSettings:
     # and every field when 0, hash into the bucket counts above. 0 by default: on the valid day exact
     # ids scored below hashed ones for INFNet (mean valid AUC -.0051 / -.0060 on two seeds; README "Accuracy").
     exact_vocab_max_size: int = 0
+    # When a training row's features are taken (features/space.py): "impression" = just before the
+    # row's own impression (statistics and sequences updated within the day); "request" = as of its
+    # date's request time (RetrievalSettings.request_time), what the nightly job sees when it scores.
+    feature_time: str = "impression"
+    # Entire-space training (features/space.py, needs feature_time="request"): > 0 adds an `exposed`
+    # task over the date's retrieval candidates plus its impressions, keeping at most this many unshown
+    # candidates per request (each weighted by unshown / kept in mask_exposed, so P(exposed) stays
+    # calibrated); 0 = impressions only, no exposure task.
+    exposure_negatives: int = 0
+    # The exposure task's positives: False = the shown candidates only, so `exposed` is P(shown | the
+    # video is a retrieval candidate), what ranking a candidate set needs; True = also the impressions
+    # retrieval missed (the whole space; on the valid day its exposure head learned "not retrieved"
+    # and ranked the candidates below random: README "Ranking real candidate sets").
+    exposure_outside_candidates: bool = False
+
+
+def parse_feature_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` for a :class:`FeatureSettings` field, VALUE parsed as the field's type (a
+    ``ValueError`` naming the valid keys or the type otherwise).
+
+    >>> parse_feature_override("dense_stats=false"), parse_feature_override("seq_len=20")
+    (('dense_stats', False), ('seq_len', 20))
+    """
+    key, sep, value = text.partition("=")
+    types = {f.name: type(getattr(FeatureSettings(), f.name)) for f in dataclasses.fields(FeatureSettings)}
+    if not sep or key not in types:
+        raise ValueError(f"expected KEY=VALUE with KEY one of {sorted(types)}, got {text!r}")
+    kind = types[key]
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key} takes a bool, got {value!r}")
+        return key, value.lower() in ("true", "1")
+    try:
+        return key, kind(value)
+    except ValueError:
+        raise ValueError(f"{key} takes a {kind.__name__}, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -406,6 +481,14 @@ class RetrievalSettings:
 
 
 @dataclass(frozen=True)
+class CandidateSettings:
+    """The candidate sets beside retrieval's (``infnet build_candidates --source logged`` / ``--from``)."""
+
+    logged_window_minutes: int = 60  # logged replay: a request = a user's impressions in one such window
+    external_max_per_request: int = 1000  # --from: a request with more candidates is quarantined whole
+
+
+@dataclass(frozen=True)
 class RankingSettings:
     """Scoring at ranking shape and the published lists."""
 
@@ -414,10 +497,25 @@ class RankingSettings:
     cpu_batch_candidates: int = 1024
     cuda_batch_candidates: int = 65_536
     max_candidates_per_row: int = 4096  # a larger request is split into rows of at most this many
+    # rows the score job's UDF receives: "packed" = one per request, the user side once (moving flat
+    # rows' repeated sequences from the JVM to Python cost more than scoring them); "flat" = one per candidate
+    scoring_layout: str = "packed"
     top_k: int = 50
     # objective = sum_t weight_t * score_t over the binary task probabilities: by default the
     # expected number of positive actions (click + long view + like) of the candidate
     objective: tuple[tuple[str, float], ...] = (("click", 1.0), ("long_view", 1.0), ("like", 1.0))
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """The debiased (IPS) list replay (evaluation/lists.py): item propensities
+    ``p = max(propensity_clip, (n / max n) ^ ((gamma + 1) / 2))`` from each video's positives in the
+    ``propensity_lookback_days`` before the ranked date's request time."""
+
+    propensity_lookback_days: int = 7
+    propensity_clip: float = 0.01  # lower bound of a propensity (the most popular video has 1)
+    propensity_fit_min_count: int = 3  # videos with fewer positives stay out of the exponent fit
+    propensity_gamma: float | None = None  # None: fit gamma per task and date; a number: use it
 
 
 @dataclass(frozen=True)
@@ -432,10 +530,17 @@ class Settings:
     pool_slots_override: int | None = field(
         default_factory=lambda: int(os.environ["INFNET_POOL_SLOTS"]) if os.environ.get("INFNET_POOL_SLOTS") else None)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    candidates: CandidateSettings = field(default_factory=CandidateSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
 
     def with_lake(self, root: str | None) -> "Settings":
         return self if not root else replace(self, lake=replace(self.lake, root=root))
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """``python -m conf.settings mlflow_tracking_uri``: the lake's MLflow store (:class:`LakeSettings`)."""
+        return self.lake.mlflow_tracking_uri
 
     @property
     def lake_on_object_store(self) -> bool:

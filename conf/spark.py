@@ -199,6 +199,11 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.ui.enabled": "false",
+        # the status store keeps every finished query's plan text even with the UI off: a driver that
+        # runs thousands of queries (the test session, the Thrift server) ran out of heap for broadcasts
+        "spark.sql.ui.retainedExecutions": "50",
+        "spark.ui.retainedJobs": "200",
+        "spark.ui.retainedStages": "200",
         "spark.pyspark.python": sys.executable,
         # executors in other JVMs (local-cluster, standalone on this machine) import the project
         # from the checkout, like the driver

@@ -10,11 +10,22 @@ computed as ``(k + 1) / (n_boot + 1)`` so that a finite bootstrap never claims p
 *loses* a task when the CI of its primary metric (AUC; RMSE for regression) excludes 0, and *ties*
 otherwise.
 
-Top-K replay: inside each request's candidate set (requests with at least two evaluable
-candidates), rank by each arm's score of a task and report ``<task>@K`` (binary tasks: the mean
-label of the top K, per request then averaged over requests) and ``ndcg@K`` (gain = label,
-discount ``1/log2(rank + 1)``; requests whose labels are all 0 have no ideal ranking and are left
-out). Score ties are broken by ``video_id`` so that reruns agree.
+Slices (``tab=1``, ``user_active_degree=...``, ``new_item=...``): each task's primary metric per
+slice value. A slice with fewer than ``ABConfig.min_slice_n`` rows gets verdict ``too_small`` (its
+numbers are still reported). The other slice rows, of every task and slice column together, are one
+family of tests: their p-values are adjusted by **Benjamini-Hochberg** (:func:`benjamini_hochberg`,
+column ``p_adjusted``), and a slice's verdict is *wins* / *loses* (by the sign of the delta) when the
+adjusted p-value is below ``1 - confidence``, else *ties*. The bootstrap p-value is at least
+``2 / (n_boot + 1)``: with many slices, only a larger ``n_boot`` lets an adjusted p-value fall below 0.05.
+
+Top-K replay: a user's logged candidates of one date form one list (the logged "requests", 60-minute
+windows of impressions, hold 1.2 candidates on average: too few to rank, and the replay within
+them was 0 by construction). Inside each (user, date) list with at least two evaluable candidates,
+rank by each arm's score of a task and report ``<task>@K`` (binary tasks: the mean label of the top
+K, per list then averaged over lists) and ``ndcg@K`` (gain = label, discount ``1/log2(rank + 1)``;
+lists whose labels are all 0 have no ideal ranking and are left out); ``n`` counts the lists.
+Collected rows without a ``date`` column are one list per user. Score ties are broken by
+``video_id`` so that reruns agree.
 
 The bootstrap is numpy on the driver: :func:`run_ab` collects ``(user, request, video, labels,
 masks, score_a, score_b, slices)`` of the matched, labelled rows through Arrow ``toPandas()``,
@@ -56,8 +67,9 @@ METRIC_DIRECTION = {"auc": 1, "gauc": 1, "logloss": -1, "calibration": 0, "mae":
 PRIMARY_METRIC = {"binary": "auc", "regression": "rmse"}
 RESULT_COLUMNS = [
     "task", "metric", "slice", "control_value", "treatment_value", "delta", "rel_delta",
-    "ci_low", "ci_high", "p_value", "n", "n_users",
+    "ci_low", "ci_high", "p_value", "n", "n_users", "p_adjusted", "verdict",
 ]
+TOO_SMALL = "too_small"  # the verdict of a slice under ABConfig.min_slice_n rows
 
 
 class ABInputError(ValueError):
@@ -74,6 +86,7 @@ class ABConfig:
     max_rows: int = 2_000_000  # guard on what run_ab collects to the driver
     roc_points: int = 300
     calibration_bins: int = 10
+    min_slice_n: int = 100  # a slice with fewer rows gets no verdict (too_small) and stays out of BH
 
 
 @dataclass(frozen=True)
@@ -104,12 +117,61 @@ def metric_direction(metric: str) -> int:
 
 
 def verdict(row) -> str:
-    """``wins`` / ``loses`` / ``ties`` for B from one result row (tie: the CI contains 0)."""
+    """``wins`` / ``loses`` / ``ties`` (or ``too_small``) for B from one result row: the row's own
+    ``verdict`` when it has one (slice rows: from the adjusted p-value), else from its CI (tie:
+    the CI contains 0)."""
+    own = row.get("verdict") if hasattr(row, "get") else None
+    if isinstance(own, str) and own:
+        return own
+    return ci_verdict(row)
+
+
+def ci_verdict(row) -> str:
+    """``wins`` / ``loses`` / ``ties`` from the CI of a result row (tie: the CI contains 0)."""
     direction = metric_direction(row["metric"])
     lo, hi = row["ci_low"], row["ci_high"]
     if direction == 0 or lo is None or hi is None or math.isnan(lo) or math.isnan(hi) or lo <= 0 <= hi:
         return "ties"
     return "wins" if (lo > 0) == (direction > 0) else "loses"
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (the false discovery rate step-up): with the ``m``
+    finite p-values sorted ``p_(1) <= ... <= p_(m)``, ``q_(i) = min_{j >= i} min(1, p_(j) m / j)``,
+    returned in the input order; NaN stays NaN and does not count in ``m``.
+
+    >>> benjamini_hochberg([0.01, 0.04, 0.03, 0.005]).round(4).tolist()
+    [0.02, 0.04, 0.04, 0.02]
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if not len(ok):
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    scaled = p[order] * m / np.arange(1, m + 1)
+    out[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return out
+
+
+def adjust_slice_verdicts(rows: list[dict], config: ABConfig) -> list[dict]:
+    """The slice rows with ``p_adjusted`` and ``verdict`` set (module docstring): ``too_small`` under
+    ``config.min_slice_n`` rows, else Benjamini-Hochberg over all the other rows given, a win or loss
+    when the adjusted p-value is below ``1 - config.confidence``."""
+    rows = [dict(r) for r in rows]
+    family = [i for i, r in enumerate(rows) if r["n"] >= config.min_slice_n]
+    q = benjamini_hochberg([rows[i]["p_value"] for i in family])
+    alpha = 1 - config.confidence
+    for r in rows:
+        r["p_adjusted"], r["verdict"] = float("nan"), TOO_SMALL
+    for i, qi in zip(family, q):
+        r = rows[i]
+        direction = metric_direction(r["metric"])
+        significant = np.isfinite(qi) and qi < alpha and direction != 0 and np.isfinite(r["delta"]) and r["delta"] != 0
+        r["p_adjusted"] = float(qi)
+        r["verdict"] = ("wins" if r["delta"] * direction > 0 else "loses") if significant else "ties"
+    return rows
 
 
 def primary_metric(task: TaskField) -> str:
@@ -154,7 +216,7 @@ def pair_scores(control: DataFrame, treatment: DataFrame, tasks: Sequence[TaskFi
 
 def collect_paired(labelled: DataFrame, tasks: Sequence[TaskField], max_rows: int) -> pd.DataFrame:
     """Bring the compact per-row data to the driver through Arrow, refusing more than ``max_rows``."""
-    cols = ["user_id", "request_id", "video_id"]
+    cols = ["user_id", "request_id", "video_id", *(["date"] if "date" in labelled.columns else [])]
     cols += [c for t in tasks for c in (t.column, t.mask_column, arm_score_column(t, "a"), arm_score_column(t, "b"))]
     cols += [c for c in SLICE_COLUMNS.values() if c in labelled.columns]
     pdf = labelled.select(*cols).limit(max_rows + 1).toPandas()
@@ -210,8 +272,14 @@ def _boot(fn: Callable[[np.ndarray | None], np.ndarray], counts: np.ndarray, cod
     return np.concatenate([np.atleast_1d(fn(counts[i:i + chunk][:, codes])) for i in range(0, len(counts), chunk)])
 
 
-def _stat_row(task, metric, sl, a, b, a_boot, b_boot, n, n_users, confidence) -> dict:
+def _stat_row(task, metric, sl, a, b, a_boot, b_boot, n, n_users, confidence, recentre: bool = False) -> dict:
+    """One result row: percentile CI and two-sided p-value of the bootstrap deltas. ``recentre``
+    (set metrics such as coverage, whose bootstrap is biased): the deltas are first shifted by
+    ``(b - a) - mean(deltas)``, so the interval is their spread around the estimate (it holds the
+    estimate whenever the bootstrap mean lies inside its own percentile interval)."""
     delta_boot = (b_boot - a_boot)[np.isfinite(b_boot - a_boot)]
+    if recentre and len(delta_boot) and np.isfinite(b - a):
+        delta_boot = delta_boot + ((b - a) - delta_boot.mean())
     tail = (1 - confidence) / 2 * 100
     if len(delta_boot):
         lo, hi = (float(x) for x in np.percentile(delta_boot, [tail, 100 - tail]))
@@ -221,9 +289,11 @@ def _stat_row(task, metric, sl, a, b, a_boot, b_boot, n, n_users, confidence) ->
         lo = hi = p = float("nan")
     delta = b - a
     rel = delta / abs(a) if np.isfinite(a) and a != 0 else float("nan")
-    return dict(task=task, metric=metric, slice=sl, control_value=float(a), treatment_value=float(b),
-                delta=float(delta), rel_delta=float(rel), ci_low=lo, ci_high=hi, p_value=float(p),
-                n=int(n), n_users=int(n_users))
+    row = dict(task=task, metric=metric, slice=sl, control_value=float(a), treatment_value=float(b),
+               delta=float(delta), rel_delta=float(rel), ci_low=lo, ci_high=hi, p_value=float(p),
+               n=int(n), n_users=int(n_users), p_adjusted=float("nan"))
+    row["verdict"] = ci_verdict(row)
+    return row
 
 
 def _metric_fns(task: TaskField) -> dict[str, Callable]:
@@ -263,6 +333,7 @@ def compare_arms(pdf: pd.DataFrame, tasks: Sequence[TaskField], config: ABConfig
     rows: list[dict] = []
     mtl_parts: dict[str, list[np.ndarray]] = {"a": [], "b": [], "a_boot": [], "b_boot": []}
     mtl_n = 0
+    slice_rows: list[dict] = []
     for task in tasks:
         m = _task_rows(pdf, task)
         if not m.any():
@@ -280,13 +351,13 @@ def compare_arms(pdf: pd.DataFrame, tasks: Sequence[TaskField], config: ABConfig
                     mtl_parts[arm].append(np.atleast_1d(point[arm]))
                     mtl_parts[arm + "_boot"].append(boot[arm])
                 mtl_n = max(mtl_n, int(m.sum()))
-        rows += _slice_rows(pdf, task, m, user_codes, counts, config)
+        slice_rows += _slice_rows(pdf, task, m, user_codes, counts, config)
         rows += _topk_rows(pdf, task, m, user_codes, counts, config)
     if mtl_parts["a"]:
         a, b = (np.nanmean(np.vstack(mtl_parts[arm]), axis=0)[0] for arm in ARMS)
         a_boot, b_boot = (np.nanmean(np.vstack(mtl_parts[arm + "_boot"]), axis=0) for arm in ARMS)
         rows.append(_stat_row(MTL_TASK, "mtl_auc", "all", a, b, a_boot, b_boot, mtl_n, len(user_ids), config.confidence))
-    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    return pd.DataFrame(rows + adjust_slice_verdicts(slice_rows, config), columns=RESULT_COLUMNS)
 
 
 def _slice_rows(pdf, task, m, user_codes, counts, config) -> list[dict]:
@@ -310,6 +381,18 @@ def _slice_rows(pdf, task, m, user_codes, counts, config) -> list[dict]:
                                   boot["a"], boot["b"], sub.sum(), len(np.unique(codes)), config.confidence))
     rows.sort(key=lambda r: r["slice"])
     return rows
+
+
+def list_codes(pdf: pd.DataFrame) -> np.ndarray:
+    """Codes 0..L-1 of the top-K replay's lists: one per (user, date), one per user without ``date``.
+
+    >>> day = pd.DataFrame({"user_id": [1, 1, 1, 2], "request_id": ["a", "a", "b", "c"],
+    ...                     "date": ["05-03", "05-03", "05-03", "05-03"]})
+    >>> list_codes(day).tolist()  # user 1's two requests of the day: one list
+    [0, 0, 0, 1]
+    """
+    keys = [pdf["user_id"], pdf["date"]] if "date" in pdf.columns else [pdf["user_id"]]
+    return pd.MultiIndex.from_arrays(keys).factorize()[0] if len(keys) > 1 else pd.factorize(keys[0])[0]
 
 
 def topk_per_request(requests: np.ndarray, videos: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int):
@@ -336,7 +419,7 @@ def topk_per_request(requests: np.ndarray, videos: np.ndarray, scores: np.ndarra
 
 
 def _topk_rows(pdf, task, m, user_codes, counts, config) -> list[dict]:
-    req_all = pd.factorize(pdf.loc[m, "request_id"])[0]
+    req_all = pd.factorize(list_codes(pdf)[m])[0]  # one list per (user, date): module docstring
     size = np.bincount(req_all)
     keep_rows = size[req_all] >= 2  # a ranking needs at least two candidates
     if not keep_rows.any():

@@ -7,7 +7,13 @@ the deltas B - A with 95 % CIs for every metric, the top-K replay deltas, and pe
 its primary metric per slice.
 
 The Markdown summary has one line per task: B wins, loses or ties with A on the task's primary
-metric (AUC; RMSE for regression; a tie when the CI contains 0).
+metric (AUC; RMSE for regression; a tie when the CI contains 0), then one line on the slices: how
+many have a verdict from the Benjamini-Hochberg adjusted p-values and how many are too small
+(``evaluation.ab.adjust_slice_verdicts``). The tables show the raw and the adjusted p-value.
+
+Given the A/B rows of the two arms' ranked lists (``evaluation.lists.compare_list_arms``), both
+end with a ranked-lists section (:func:`list_section_lines`: the candidate sets' recall ceiling,
+the propensity fits, one line per list metric; in the HTML the notes and the table).
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from evaluation.ab import MTL_TASK, PRIMARY_METRIC, ABResult, verdict  # noqa: E402
+from evaluation.ab import MTL_TASK, PRIMARY_METRIC, TOO_SMALL, ABResult, verdict  # noqa: E402
 
 ARM_LABELS = {"a": "A (control)", "b": "B (treatment)"}
 ARM_COLORS = {"a": "#4c72b0", "b": "#dd8452"}
@@ -65,7 +71,37 @@ def summary_lines(result: ABResult) -> list[str]:
     return lines
 
 
-def render_markdown(result: ABResult) -> str:
+LISTS_HEADING = "Ranked lists (replay on the logged positives of the date)"
+
+
+def list_section_lines(lists: pd.DataFrame) -> list[str]:
+    """The Markdown lines of the ranked-lists section: the ceiling, the propensity fits, the rows."""
+    from evaluation.lists import summary_lines as list_summary_lines
+
+    ceiling = lists.attrs.get("ceiling") or {}
+    lines = []
+    if ceiling:
+        lines.append("Recall ceiling of the candidate sets (all candidates of a user's requests; what any order "
+                     "could reach), naive / IPS: "
+                     + ", ".join(f"{task} {c[0]:.4f} / {c[1]:.4f}" for task, c in ceiling.items()) + ".")
+    for date, fits in (lists.attrs.get("propensity_fits") or {}).items():
+        lines += [f"Propensities {date}: {fit.describe()}." for fit in fits.values()]
+    return [*lines, *([""] if lines else []), *list_summary_lines(lists)]
+
+
+def _has_rows(lists: pd.DataFrame | None) -> bool:
+    return lists is not None and len(lists) > 0
+
+
+def render_markdown(result: ABResult, lists: pd.DataFrame | None = None) -> str:
+    """The summary (module docstring), with the ranked-lists section when ``lists`` has rows."""
+    markdown = _markdown_summary(result)
+    if _has_rows(lists):
+        markdown += f"\n## {LISTS_HEADING}\n\n" + "\n".join(list_section_lines(lists)) + "\n"
+    return markdown
+
+
+def _markdown_summary(result: ABResult) -> str:
     c, cfg = result.counts, result.config
     header = [
         f"# Offline A/B: {result.treatment} (B) vs {result.control} (A), {result.dates}",
@@ -74,7 +110,20 @@ def render_markdown(result: ABResult) -> str:
         f"{result.n_requests} requests; paired bootstrap over users, n_boot={cfg.n_boot}, seed={cfg.seed}.",
         "",
     ]
-    return "\n".join(header + summary_lines(result)) + "\n"
+    return "\n".join(header + summary_lines(result) + slice_lines(result)) + "\n"
+
+
+def slice_lines(result: ABResult) -> list[str]:
+    """``Slices: 2 of 14 win, 1 loses (Benjamini-Hochberg over 12 slices with n >= 100; 2 too small).``"""
+    t = result.table
+    rows = t[(t["slice"] != "all") & ~t["slice"].astype(str).str.contains("list@")]
+    if rows.empty:
+        return []
+    v = rows.apply(verdict, axis=1)
+    small = int((v == TOO_SMALL).sum())
+    return ["", f"Slices: {int((v == 'wins').sum())} of {len(rows)} B wins, {int((v == 'loses').sum())} loses "
+                f"(Benjamini-Hochberg over the {len(rows) - small} slices with n >= {result.config.min_slice_n}; "
+                f"{small} too small for a verdict)."]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,22 +231,32 @@ figcaption { font-size: 13px; text-align: center; }
 
 def _table_html(table: pd.DataFrame) -> str:
     cols = ["task", "metric", "slice", "control_value", "treatment_value", "delta", "rel_delta",
-            "ci_low", "ci_high", "p_value", "n", "n_users"]
+            "ci_low", "ci_high", "p_value", "p_adjusted", "n", "n_users"]
     head = "".join(f"<th>{c}</th>" for c in cols + ["verdict"])
     body = []
     for _, r in table.iterrows():
         v = verdict(r)
         cells = []
         for c in cols:
-            x = r[c]
+            x = r.get(c, float("nan"))
             cells.append(html.escape(str(x)) if isinstance(x, str) or c in ("n", "n_users")
                          else _fmt(x, 5, sign=c in ("delta", "rel_delta", "ci_low", "ci_high")))
         body.append(f'<tr class="{v}">' + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{v}</td></tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def render_html(result: ABResult) -> str:
-    """The whole report as one HTML string (plots inline, no external files)."""
+def render_html(result: ABResult, lists: pd.DataFrame | None = None) -> str:
+    """The whole report as one HTML string (plots inline, no external files), with the
+    ranked-lists section (its notes, then the table) when ``lists`` has rows."""
+    page = _html_page(result)
+    if _has_rows(lists):
+        notes = "".join(f"<p>{html.escape(line)}</p>" for line in list_section_lines(lists)
+                        if line and not line.startswith("- "))
+        page = page.replace("</body>", f"<h2>{LISTS_HEADING}</h2>" + notes + _table_html(lists) + "</body>")
+    return page
+
+
+def _html_page(result: ABResult) -> str:
     figures = []
     for title, draw in plot_specs(result):
         t = html.escape(title)
@@ -216,7 +275,9 @@ def render_html(result: ABResult) -> str:
 <p>Dates {html.escape(result.dates)}. Control rows {c.control_rows}, treatment rows {c.treatment_rows},
 matched on (request_id, video_id, impression_id) {c.matched_rows}, with labels {c.labelled_rows};
 {result.n_users} users, {result.n_requests} requests. 95&nbsp;% CIs and p-values from a paired
-bootstrap over users (n_boot={cfg.n_boot}, seed={cfg.seed}); a tie is a CI that contains 0.</p>
+bootstrap over users (n_boot={cfg.n_boot}, seed={cfg.seed}); a tie is a CI that contains 0. Per-slice
+verdicts: Benjamini-Hochberg adjusted p-value (p_adjusted) below {1 - cfg.confidence:.2f} over the slices with
+at least {cfg.min_slice_n} rows; smaller slices are too_small.</p>
 <h2>Summary</h2><ul>{summary}</ul>
 <h2>Plots</h2>
 {''.join(figures)}

@@ -28,20 +28,16 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from conf.settings import FeatureSettings, Settings
-from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN, packed_layout, split_large_requests
+from features.candidates import PACKED_CANDIDATES, REQUEST_COLUMN, T_COL, packed_layout, split_large_requests
 from features.categorical import AUTHOR_COL, add_categorical
-from features.examples import VISIBLE_COL, build_spec, events_with_author, feature_events, featuriser_vocabulary
+from features.examples import (VISIBLE_COL, build_spec, events_with_author, feature_events, feature_settings,
+                               featuriser_vocabulary)
 from features.sequences import add_sequences
 from features.spec import FeatureSpec
 from features.statistics import add_entity_stats
 from features.vocabulary import Vocabulary
 
-TIME = "request_time_ms"
 PASSTHROUGH = ("request_id", "impression_id", "user_id", "video_id")  # what scores keep of a candidate
-
-
-def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
-    return settings.features if isinstance(settings, Settings) else settings
 
 
 def _side_columns(spec: FeatureSpec, side: str) -> list[str]:
@@ -56,7 +52,7 @@ def _queries(df: DataFrame, user: str | None, video: str | None, tab: str | None
         "*",
         (F.col(user) if user else F.lit(None)).cast("long").alias("user_id"),
         (F.col(video) if video else F.lit(None)).cast("long").alias("video_id"),
-        F.col(TIME).alias("time_ms"),
+        F.col(T_COL).alias("time_ms"),
         (F.col(tab) if tab else F.lit(None)).cast("int").alias("tab"),
     )
 
@@ -66,9 +62,9 @@ def request_features(requests: DataFrame, events: DataFrame, users: DataFrame, v
                      vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per request (``request_id, user_id, request_time_ms``): ``request_id`` + the
     request-side columns (user fields and statistics, sequences)."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     spec = build_spec(fs, vocabulary)
-    q = _queries(requests.select(REQUEST_COLUMN, F.col("user_id").alias("_user"), TIME), "_user", None, None)
+    q = _queries(requests.select(REQUEST_COLUMN, F.col("user_id").alias("_user"), T_COL), "_user", None, None)
     ev = feature_events(events, fs)
     rows = add_categorical(q, users, videos, fs, vocabulary)
     rows = add_entity_stats(rows, ev, "user_id", "user", fs, event_time=VISIBLE_COL)
@@ -81,25 +77,25 @@ def item_features(keys: DataFrame, events: DataFrame, users: DataFrame, videos: 
                   settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per distinct (``video_id``, ``request_time_ms``) of ``keys``: the keys + the
     item-side columns (video fields, video and author statistics as of that time)."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     spec = build_spec(fs, vocabulary)
-    distinct = keys.select(F.col("video_id").alias("_video"), TIME).distinct()
+    distinct = keys.select(F.col("video_id").alias("_video"), T_COL).distinct()
     rows = add_categorical(_queries(distinct, None, "_video", None), users, videos, fs, vocabulary)
     ev = feature_events(events, fs)
     rows = add_entity_stats(rows, ev, "video_id", "video", fs, event_time=VISIBLE_COL)
     rows = add_entity_stats(rows, events_with_author(ev, videos), AUTHOR_COL, "author", fs, event_key="_e_author_id",
                             event_time=VISIBLE_COL)
-    return rows.select(F.col("_video").alias("video_id"), TIME, *_side_columns(spec, "item"))
+    return rows.select(F.col("_video").alias("video_id"), T_COL, *_side_columns(spec, "item"))
 
 
 def context_features(keys: DataFrame, users: DataFrame, videos: DataFrame,
                      settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per distinct (``request_time_ms``, ``tab``) of ``keys``: the keys + the context columns."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     spec = build_spec(fs, vocabulary)
-    distinct = keys.select(TIME, F.col("tab").alias("_tab")).distinct()
+    distinct = keys.select(T_COL, F.col("tab").alias("_tab")).distinct()
     rows = add_categorical(_queries(distinct, None, None, "_tab"), users, videos, fs, vocabulary)
-    return rows.select(TIME, F.col("_tab").alias("tab"), *_side_columns(spec, "context"))
+    return rows.select(T_COL, F.col("_tab").alias("tab"), *_side_columns(spec, "context"))
 
 
 @dataclass
@@ -130,11 +126,11 @@ class CandidateFeatures:
         extra = [c for c in passthrough if c not in self.candidates.columns]
         if extra:
             raise ValueError(f"candidates lack passthrough columns {extra}")
-        c = self.candidates.select(*dict.fromkeys([*passthrough, TIME, "tab"]))
-        items = self.items.withColumnRenamed("video_id", "_i_video").withColumnRenamed(TIME, "_i_time")
-        context = self.context.withColumnRenamed(TIME, "_c_time").withColumnRenamed("tab", "_c_tab")
-        joined = (c.join(items, (F.col("video_id") == F.col("_i_video")) & (F.col(TIME) == F.col("_i_time")), "left")
-                  .join(F.broadcast(context), (F.col(TIME) == F.col("_c_time")) & F.col("tab").eqNullSafe(F.col("_c_tab")),
+        c = self.candidates.select(*dict.fromkeys([*passthrough, T_COL, "tab"]))
+        items = self.items.withColumnRenamed("video_id", "_i_video").withColumnRenamed(T_COL, "_i_time")
+        context = self.context.withColumnRenamed(T_COL, "_c_time").withColumnRenamed("tab", "_c_tab")
+        joined = (c.join(items, (F.col("video_id") == F.col("_i_video")) & (F.col(T_COL) == F.col("_i_time")), "left")
+                  .join(F.broadcast(context), (F.col(T_COL) == F.col("_c_time")) & F.col("tab").eqNullSafe(F.col("_c_tab")),
                         "left"))
         return joined.drop("_i_video", "_i_time", "_c_time", "_c_tab")
 
@@ -162,8 +158,8 @@ class CandidateFeatures:
         """Candidates scored with a reserved bucket (unknown user / video, no hour or tab) and with
         every sequence empty, counted per candidate from the per-key frames."""
         per_request = self.candidates.groupBy(REQUEST_COLUMN).agg(F.count(F.lit(1)).alias("_n"))
-        per_item = self.candidates.groupBy("video_id", TIME).agg(F.count(F.lit(1)).alias("_n"))
-        per_context = self.candidates.groupBy(TIME, "tab").agg(F.count(F.lit(1)).alias("_n"))
+        per_item = self.candidates.groupBy("video_id", T_COL).agg(F.count(F.lit(1)).alias("_n"))
+        per_context = self.candidates.groupBy(T_COL, "tab").agg(F.count(F.lit(1)).alias("_n"))
         checks = []  # (report key, frame name, condition)
         for field in self.spec.categorical:
             if field.name in ("user_id", "video_id", "tab", "hour"):
@@ -175,11 +171,11 @@ class CandidateFeatures:
                 e = F.coalesce(F.size(s.column), F.lit(0)) <= 0
                 empty = e if empty is None else (empty & e)
             checks.append(("all_sequences_empty", "requests", empty))
-        per_context = per_context.withColumnRenamed(TIME, "_p_time").withColumnRenamed("tab", "_p_tab")
+        per_context = per_context.withColumnRenamed(T_COL, "_p_time").withColumnRenamed("tab", "_p_tab")
         frames = {
             "requests": self.requests.join(per_request, REQUEST_COLUMN),
-            "items": self.items.join(per_item, ["video_id", TIME]),
-            "context": self.context.join(per_context, (F.col(TIME) == F.col("_p_time"))
+            "items": self.items.join(per_item, ["video_id", T_COL]),
+            "context": self.context.join(per_context, (F.col(T_COL) == F.col("_p_time"))
                                          & F.col("tab").eqNullSafe(F.col("_p_tab"))),
         }
         out: dict[str, int] = {}
@@ -200,11 +196,11 @@ def featurise_candidates(candidates: DataFrame, events: DataFrame, users: DataFr
     with label delay) visible strictly before each request time, and the bronze dimension tables.
     ``vocabulary``: as for :func:`features.examples.build_features` (default: the lake's current one
     when exact ids are on)."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     vocabulary = featuriser_vocabulary(candidates.sparkSession, settings, vocabulary)
     if "tab" not in candidates.columns:
         candidates = candidates.withColumn("tab", F.lit(None).cast("int"))
-    requests = candidates.select(REQUEST_COLUMN, "user_id", TIME).dropDuplicates([REQUEST_COLUMN])
+    requests = candidates.select(REQUEST_COLUMN, "user_id", T_COL).dropDuplicates([REQUEST_COLUMN])
     return CandidateFeatures(
         spec=build_spec(fs, vocabulary),
         candidates=candidates,

@@ -24,9 +24,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from conf.schemas import CANDIDATE_SOURCES, CANDIDATES_SCHEMA
+from conf.settings import CandidateSettings
 from features.spec import FeatureSpec
 
 REQUEST_COLUMN = "request_id"
+T_COL = "request_time_ms"  # the request time (epoch ms), shared by every candidate of a request
 PACKED_CANDIDATES = "candidates"  # the list<struct> column of the request-packed layout
 
 
@@ -92,7 +94,7 @@ def conform_candidates(df: DataFrame) -> DataFrame:
     ])
 
 
-def candidates_from_impressions(log: DataFrame, window_minutes: int = 60) -> DataFrame:
+def candidates_from_impressions(log: DataFrame, window_minutes: int = CandidateSettings.logged_window_minutes) -> DataFrame:
     """Group a bronze log slice into requests (source ``logged``).
 
     ``request_id`` is a deterministic hash of (user_id, window start), so rebuilding a date gives

@@ -7,8 +7,10 @@ first seen after it was built) unless their vocabulary would exceed
 ``FeatureSettings.exact_vocab_max_size``. Everything else is hashed with a seeded, deterministic
 hash, ``1 + pmod(xxhash64(seed, field, value_as_string), vocab - 1)``, so the mapping needs no
 dictionary, is the same in training and scoring and on any machine, and is fully described by
-(seed, field name, vocab size) in the feature spec. Hashed ids use the configured bucket counts; the
-low-cardinality fields hash into ``generic_buckets`` (collisions are rare and harmless there).
+(seed, field name, vocab size) in the feature spec (:func:`features.vocabulary.hash_bucket`: it
+lives beside the exact vocabulary, which this module imports and which never imports this one).
+Hashed ids use the configured bucket counts; the low-cardinality fields hash into
+``generic_buckets`` (collisions are rare and harmless there).
 A few small numeric fields are mapped directly (hour, weekday, duration bucket).
 
 Time context uses Beijing time (UTC+8), the clock of the KuaiRand logs, computed from ``time_ms``
@@ -23,7 +25,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Callable, Literal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -31,9 +33,7 @@ from pyspark.sql import functions as F
 from conf.schemas import USER_CATEGORICAL
 from conf.settings import FeatureSettings
 from features.spec import CategoricalField
-
-if TYPE_CHECKING:
-    from features.vocabulary import Vocabulary
+from features.vocabulary import Vocabulary, hash_bucket, lookup, require_vocabulary
 
 LOCAL_TZ_OFFSET_MS = 8 * 3600 * 1000  # KuaiRand timestamps are Beijing time (UTC+8)
 DAY_MS = 86_400_000
@@ -41,17 +41,6 @@ DAY_MS = 86_400_000
 DURATION_EDGES_S = (7, 15, 30, 60, 120, 300, 600)
 
 Side = Literal["user", "item", "context"]
-
-
-def hash_bucket(value: Column, field: str, vocab_size: int, seed: int) -> Column:
-    """Seeded deterministic bucket in ``1 .. vocab_size-1`` for non-null values, ``0`` for null.
-
-    Works inside higher-order functions (``F.transform``) too, so sequence items hash exactly
-    like the ``video_id`` field.
-    """
-    as_text = value.cast("string")
-    hashed = F.pmod(F.xxhash64(F.lit(int(seed)), F.lit(field), as_text), F.lit(vocab_size - 1)) + 1
-    return F.when(as_text.isNull() | (F.trim(as_text) == ""), F.lit(0)).otherwise(hashed).cast("int")
 
 
 @dataclass(frozen=True)
@@ -125,7 +114,7 @@ VIDEO_COLUMNS = ("author_id", "video_type", "upload_type", "music_id", "music_ty
 AUTHOR_COL = "_v_author_id"  # kept on the query rows for the author statistics
 
 
-def categorical_fields(fs: FeatureSettings, vocabulary: "Vocabulary | None" = None) -> tuple[CategoricalField, ...]:
+def categorical_fields(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -> tuple[CategoricalField, ...]:
     """The spec's categorical fields; those the ``vocabulary`` holds are exact (its size, ``vocabulary`` set)."""
     fields = []
     for source in SOURCES:
@@ -147,14 +136,12 @@ def with_dimensions(queries: DataFrame, users: DataFrame, videos: DataFrame) -> 
 
 
 def add_categorical(queries: DataFrame, users: DataFrame, videos: DataFrame, fs: FeatureSettings,
-                    vocabulary: "Vocabulary | None" = None) -> DataFrame:
+                    vocabulary: Vocabulary | None = None) -> DataFrame:
     """Query rows + one ``cat_<name>`` column per field of :func:`categorical_fields`, plus the
     video's author id in ``_v_author_id`` (for the author statistics; drop it at the end).
 
     ``vocabulary``: the exact id vocabulary (:class:`features.vocabulary.Vocabulary`), required
     unless ``fs.exact_vocab_max_size`` is 0; fields it does not hold are hashed."""
-    from features.vocabulary import lookup, require_vocabulary
-
     require_vocabulary(fs, vocabulary, "add_categorical")
     enriched = with_dimensions(queries, users, videos)
     cats = []

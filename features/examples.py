@@ -25,13 +25,13 @@ import datetime as dt
 import json
 from typing import Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from conf.settings import FeatureSettings, Settings
 from conf.tables import EXAMPLES
 from features.categorical import AUTHOR_COL, DURATION_EDGES_S, LOCAL_TZ_OFFSET_MS, add_categorical, categorical_fields
-from features.labels import TASKS, label_columns
+from features.labels import label_columns, spec_tasks
 from features.sequences import add_sequences, sequence_fields
 from features.spec import FeatureSpec
 from features.statistics import (COUNT_BUCKETS, LOGIT_RANGE, RATE_PRIORS, add_entity_stats, dense_stat_fields,
@@ -45,19 +45,20 @@ EVENT_COLUMNS = ("user_id", "video_id", "time_ms", "is_click", "long_view", "is_
 VISIBLE_COL = "_visible_ms"  # when an event's labels become known (FeatureSettings.label_delay)
 
 
-def _fs(settings: Settings | FeatureSettings) -> FeatureSettings:
+def feature_settings(settings: Settings | FeatureSettings) -> FeatureSettings:
+    """The feature settings of ``settings`` (the featurisers take either the full settings or these)."""
     return settings.features if isinstance(settings, Settings) else settings
 
 
 def build_spec(settings: Settings | FeatureSettings, vocabulary: Vocabulary | None = None) -> FeatureSpec:
     """The feature spec for these settings (fields in column order): no data needed but the exact id
     vocabulary's sizes and version when there is one (without it every id field is described hashed)."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     return FeatureSpec(
         categorical=categorical_fields(fs, vocabulary) + stat_fields(fs),
         sequences=sequence_fields(fs, vocabulary),
         dense=dense_stat_fields(fs),
-        tasks=TASKS,
+        tasks=spec_tasks(fs.exposure_negatives > 0),
         hash_seed=fs.hash_seed,
         sequence_order="newest_first",
         options=feature_options(fs, vocabulary),
@@ -91,6 +92,11 @@ def feature_options(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -
         options["vocabulary_version"] = vocabulary.version
     if fs.count_buckets_per_doubling != 1:
         options["count_buckets_per_doubling"] = fs.count_buckets_per_doubling
+    if fs.feature_time != "impression":
+        options["feature_time"] = fs.feature_time
+    if fs.exposure_negatives > 0:
+        options["exposure_negatives"] = fs.exposure_negatives
+        options["exposure_space"] = "candidates+impressions" if fs.exposure_outside_candidates else "candidates"
     return options
 
 
@@ -98,12 +104,13 @@ def featuriser_vocabulary(spark: SparkSession, settings: Settings | FeatureSetti
                           vocabulary: Vocabulary | None) -> Vocabulary | None:
     """The vocabulary the featuriser uses: the one given, else (exact ids on, full settings) the
     lake's current ``vocabulary`` table, the one the current examples were built with."""
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     if vocabulary is not None or fs.exact_vocab_max_size <= 0 or not isinstance(settings, Settings):
         return vocabulary
-    from features.vocabulary import VOCABULARY_TABLE, load_vocabulary
+    from conf.tables import VOCABULARY
+    from features.vocabulary import load_vocabulary
 
-    path = settings.lake.table_path(VOCABULARY_TABLE)
+    path = settings.lake.table_path(VOCABULARY.name)
     try:
         return load_vocabulary(spark, path)
     except Exception as err:  # noqa: BLE001 - a missing Delta table raises an AnalysisException
@@ -121,12 +128,22 @@ def _require(df: DataFrame, columns: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} lacks columns {missing} (has {df.columns})")
 
 
+def label_visible_ms(label_delay: bool) -> Column:
+    """When an event's labels (is_click, long_view, is_like) become known, as a long column: the one
+    rule of ``FeatureSettings.label_delay`` that the features and the retrieval channels
+    (features/retrieval.py, the popularity baseline) share. ``time_ms + play_time_ms`` (a null play
+    time counts 0) with ``label_delay`` (playback has ended), else ``time_ms``; the events need
+    ``play_time_ms`` only with ``label_delay``."""
+    visible = (F.col("time_ms") + F.coalesce(F.col("play_time_ms"), F.lit(0))) if label_delay else F.col("time_ms")
+    return visible.cast("long")
+
+
 def feature_events(events: DataFrame, fs: FeatureSettings) -> DataFrame:
     """The event columns the features read + ``VISIBLE_COL``, when each event's labels become known:
-    ``time_ms + play_time_ms`` with ``fs.label_delay`` (playback has ended), else ``time_ms``."""
+    ``time_ms + play_time_ms`` with ``fs.label_delay`` (playback has ended), else ``time_ms``
+    (:func:`label_visible_ms`)."""
     _require(events, EVENT_COLUMNS + (("play_time_ms",) if fs.label_delay else ()), "events")
-    visible = (F.col("time_ms") + F.coalesce(F.col("play_time_ms"), F.lit(0))) if fs.label_delay else F.col("time_ms")
-    return events.select(*EVENT_COLUMNS, visible.cast("long").alias(VISIBLE_COL))
+    return events.select(*EVENT_COLUMNS, label_visible_ms(fs.label_delay).alias(VISIBLE_COL))
 
 
 def events_with_author(events: DataFrame, videos: DataFrame) -> DataFrame:
@@ -157,7 +174,7 @@ def build_features(
     from ``settings`` (a :class:`Settings`; with bare :class:`FeatureSettings` pass it).
     Returns the query columns followed by every feature column of :func:`build_spec`, in order.
     """
-    fs = _fs(settings)
+    fs = feature_settings(settings)
     vocabulary = featuriser_vocabulary(queries.sparkSession, settings, vocabulary)
     _require(queries, QUERY_COLUMNS, "queries")
     if "tab" not in queries.columns:
@@ -210,22 +227,40 @@ def feature_spec_path(settings: Settings, version: int) -> str:
     return f"{settings.lake.feature_specs.rstrip('/')}/{EXAMPLES.name}/v{int(version)}.json"
 
 
-def _hadoop_path(spark: SparkSession, path: str):
-    jvm = spark.sparkContext._jvm
-    p = jvm.org.apache.hadoop.fs.Path(path)
-    return p, p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-
 def save_feature_spec(spark: SparkSession, settings: Settings, spec: FeatureSpec, version: int) -> str:
     """Write the spec JSON for table version ``version`` (any Hadoop filesystem); returns the path."""
+    from conf.lake import write_text
+
     path = feature_spec_path(settings, version)
-    p, fs = _hadoop_path(spark, path)
-    out = fs.create(p, True)
-    try:
-        out.write(bytearray(spec.to_json().encode("utf-8")))
-    finally:
-        out.close()
+    write_text(spark, path, spec.to_json())
     return path
+
+
+def stored_spec_fingerprint(spark: SparkSession, settings: Settings) -> str | None:
+    """The spec fingerprint the ``examples`` table carries as a property (None: no table yet)."""
+    from delta.tables import DeltaTable
+
+    from conf.lake import table_exists
+
+    if not table_exists(spark, settings, EXAMPLES):
+        return None
+    detail = DeltaTable.forPath(spark, settings.lake.table_path(EXAMPLES.name)).detail().first()
+    return (detail["properties"] or {}).get(SPEC_PROPERTY)
+
+
+def written_counts(written: DataFrame, spec: FeatureSpec, expected: dict[str, int]) -> tuple[dict[str, int], int]:
+    """(logged rows per date, unshown rows) of the ``written`` examples over the dates of
+    ``expected`` (bronze_log's impressions per date); a ``ValueError`` when a date's logged rows
+    differ from bronze_log's (an impression lost or duplicated on the way)."""
+    dates = sorted(expected)
+    shown = F.col(spec.tasks[0].mask_column) > 0  # the logged impressions (entire space: also unshown rows)
+    in_dates = written.where(F.col("date").isin(*dates))
+    per_date = {str(r["date"]): int(r["n"])
+                for r in in_dates.where(shown).groupBy("date").agg(F.count(F.lit(1)).alias("n")).collect()}
+    if per_date != expected:
+        bad = {d: (per_date.get(d, 0), expected[d]) for d in dates if per_date.get(d, 0) != expected[d]}
+        raise ValueError(f"examples row counts differ from bronze_log (written, expected): {bad}")
+    return per_date, in_dates.where(~shown).count()
 
 
 def spec_commits(spark: SparkSession, settings: Settings) -> list[tuple[int, str]]:

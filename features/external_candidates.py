@@ -9,6 +9,8 @@ input row in exactly one of them, so the job can reconcile ``read = landed + qua
 Reasons (row checks first; a row failing one of them takes no part in the request checks):
 
 - ``missing:<col>`` / ``unparseable:<col>``   a key is absent, a value does not cast
+- ``nan:<col>`` / ``infinite:<col>``          a floating-point value (``retrieval_score``) casts to NaN
+                                              or +-Infinity: it would rank nowhere (NaN) or everywhere
 - ``unknown_user`` / ``unknown_video``        not in ``bronze_users`` / ``bronze_videos``
 - ``request_time_outside_date``               ``request_time_ms`` is not within the imported local day
 - ``request_mixes_users_or_times``            one ``request_id`` names several users or request times
@@ -26,15 +28,15 @@ import datetime as dt
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from conf.schemas import EXTERNAL_CANDIDATES_SCHEMA, QUARANTINE_SCHEMA
 from conf.tables import CANDIDATES
 from features.candidates import conform_candidates
 from features.categorical import DAY_MS
-from features.contracts import SOURCE_FILE_COL, SOURCE_ROW_COL, conform
+from features.contracts import REASON_COL, SOURCE_FILE_COL, SOURCE_ROW_COL, conform
 from features.retrieval import request_id_column, request_time_ms
 
-REASON = "_reason"
 QUARANTINE_SOURCE = CANDIDATES.name
 
 
@@ -96,37 +98,41 @@ def split_external(raw: DataFrame, users: DataFrame, videos: DataFrame, date: st
         if not f.nullable:
             checks.append(F.when(_blank(s), F.lit(f"missing:{f.name}")))
         checks.append(F.when(~_blank(s) & s.try_cast(f.dataType).isNull(), F.lit(f"unparseable:{f.name}")))
+        if isinstance(f.dataType, (T.DoubleType, T.FloatType)):
+            value = s.try_cast(f.dataType)
+            checks.append(F.when(F.isnan(value), F.lit(f"nan:{f.name}")))
+            checks.append(F.when(F.abs(value) == F.lit(float("inf")), F.lit(f"infinite:{f.name}")))
     checks.append(F.when(F.col("user_id").isNotNull() & F.col("_known_user").isNull(), F.lit("unknown_user")))
     checks.append(F.when(F.col("video_id").isNotNull() & F.col("_known_video").isNull(), F.lit("unknown_video")))
     checks.append(F.when((F.col("request_time_ms") < F.lit(day_start))
                          | (F.col("request_time_ms") >= F.lit(day_start + DAY_MS)),
                          F.lit("request_time_outside_date")))
-    rows = rows.withColumn(REASON, _join_reasons(*checks))
+    rows = rows.withColumn(REASON_COL, _join_reasons(*checks))
 
     # request checks over the rows that passed the row checks
-    ok = F.col(REASON) == ""
+    ok = F.col(REASON_COL) == ""
     per_request = Window.partitionBy("request_id")
     mixes = ok & ((F.size(F.collect_set(F.when(ok, F.col("user_id"))).over(per_request)) > 1)
                   | (F.size(F.collect_set(F.when(ok, F.col("request_time_ms"))).over(per_request)) > 1))
-    rows = rows.withColumn(REASON, F.when(mixes, F.lit("request_mixes_users_or_times")).otherwise(F.col(REASON)))
-    ok = F.col(REASON) == ""
-    first = Window.partitionBy("request_id", "video_id").orderBy(F.col(REASON) != "", "_file", "_row", "_raw")
+    rows = rows.withColumn(REASON_COL, F.when(mixes, F.lit("request_mixes_users_or_times")).otherwise(F.col(REASON_COL)))
+    ok = F.col(REASON_COL) == ""
+    first = Window.partitionBy("request_id", "video_id").orderBy(F.col(REASON_COL) != "", "_file", "_row", "_raw")
     duplicate = ok & (F.row_number().over(first) > 1)
-    rows = rows.withColumn(REASON, F.when(duplicate, F.lit("duplicate_key:request_id,video_id"))
-                           .otherwise(F.col(REASON)))
-    ok = F.col(REASON) == ""
+    rows = rows.withColumn(REASON_COL, F.when(duplicate, F.lit("duplicate_key:request_id,video_id"))
+                           .otherwise(F.col(REASON_COL)))
+    ok = F.col(REASON_COL) == ""
     size = F.sum(F.when(ok, 1).otherwise(0)).over(per_request)
-    rows = rows.withColumn(REASON, F.when(ok & (size > int(max_per_request)),
+    rows = rows.withColumn(REASON_COL, F.when(ok & (size > int(max_per_request)),
                                           F.lit(f"over_max_per_request:{int(max_per_request)}"))
-                           .otherwise(F.col(REASON)))
+                           .otherwise(F.col(REASON_COL)))
 
-    landed = rows.where(F.col(REASON) == "").select(
+    landed = rows.where(F.col(REASON_COL) == "").select(
         "request_id", "user_id", "video_id", "request_time_ms", "retrieval_score",
         F.when(F.col("channel").isNotNull() & ~_blank(F.col("channel")), F.array(F.col("channel"))).alias("channels"),
         F.lit("external").alias("source"), F.lit(dt.date.fromisoformat(date)).alias("date"))
-    quarantine = rows.where(F.col(REASON) != "").select(
+    quarantine = rows.where(F.col(REASON_COL) != "").select(
         F.lit(QUARANTINE_SOURCE).alias("source_table"), F.col("_file").alias("source_file"),
-        F.col("_row").alias("source_row"), F.col(REASON).alias("reason"), F.col("_raw").alias("raw"),
+        F.col("_row").alias("source_row"), F.col(REASON_COL).alias("reason"), F.col("_raw").alias("raw"),
         F.lit(run_id).alias("run_id"),
         (at if at is not None else F.current_timestamp()).alias("ingested_at"))
     return conform_candidates(landed), conform(quarantine, QUARANTINE_SCHEMA)

@@ -25,18 +25,13 @@ because every order used is a total order over values (exact ties hold identical
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from conf.settings import FeatureSettings
-from features.categorical import hash_bucket
 from features.spec import SequenceField
 from features.statistics import EVENT, KIND_COL, QUERY, point_in_time_union
-
-if TYPE_CHECKING:
-    from features.vocabulary import Vocabulary
+from features.vocabulary import Vocabulary, hash_bucket, lookup, map_id_lists, require_vocabulary
 
 # behaviour -> (label column of the log, list column of bronze_history)
 BEHAVIOURS = {
@@ -48,7 +43,7 @@ ITEM_FIELD = "video_id"  # sequence items hash exactly like cat_video_id, so emb
 BEH_COL, IDX_COL, LIST_COL = "_beh", "_idx", "_list"
 
 
-def sequence_fields(fs: FeatureSettings, vocabulary: "Vocabulary | None" = None) -> tuple[SequenceField, ...]:
+def sequence_fields(fs: FeatureSettings, vocabulary: Vocabulary | None = None) -> tuple[SequenceField, ...]:
     """One field per behaviour; items index like ``cat_video_id`` (its exact vocabulary when it has one)."""
     size = vocabulary.sizes[ITEM_FIELD] if vocabulary is not None and vocabulary.has(ITEM_FIELD) else fs.video_id_buckets
     return tuple(SequenceField(b, size, max_len=fs.seq_len) for b in BEHAVIOURS)
@@ -65,7 +60,7 @@ def gap(query_ms: Column, event_ms: Column) -> Column:
 
 
 def positive_events(events: DataFrame, fs: FeatureSettings, event_time: str = "time_ms",
-                    vocabulary: "Vocabulary | None" = None) -> DataFrame:
+                    vocabulary: Vocabulary | None = None) -> DataFrame:
     """One row per (event, behaviour it is positive for): user_id, time_ms (= ``event_time``, when
     the event becomes visible), _item, _beh. Items unknown to the vocabulary (index 0) are dropped:
     0 is padding in a sequence."""
@@ -74,20 +69,16 @@ def positive_events(events: DataFrame, fs: FeatureSettings, event_time: str = "t
     positives = events.select("user_id", F.col(event_time).alias("time_ms"), F.col("video_id"),
                               F.filter(tags, lambda t: t.isNotNull()).alias("_tags")).where(F.size("_tags") > 0)
     if exact:
-        from features.vocabulary import lookup
-
         positives = lookup(positives, F.col("video_id"), ITEM_FIELD, vocabulary.frame, "_item").where(F.col("_item") > 0)
     else:
         positives = positives.withColumn("_item", item_bucket(F.col("video_id"), fs))
     return positives.select("user_id", "time_ms", "_item", F.explode("_tags").alias(BEH_COL))
 
 
-def _history_items(history: DataFrame, fs: FeatureSettings, vocabulary: "Vocabulary | None" = None) -> DataFrame:
+def _history_items(history: DataFrame, fs: FeatureSettings, vocabulary: Vocabulary | None = None) -> DataFrame:
     """Per user: last_time_ms and, per behaviour, the history items (hashed, or vocabulary indices
     without the unknown ones) newest first."""
     if vocabulary is not None and vocabulary.has(ITEM_FIELD):
-        from features.vocabulary import map_id_lists
-
         mapped = map_id_lists(history.select("user_id", "last_time_ms", *[src for _, src in BEHAVIOURS.values()]),
                               "user_id", {src: f"_m_{b}" for b, (_, src) in BEHAVIOURS.items()}, ITEM_FIELD,
                               vocabulary.frame)
@@ -101,15 +92,13 @@ def _history_items(history: DataFrame, fs: FeatureSettings, vocabulary: "Vocabul
 
 
 def add_sequences(queries: DataFrame, events: DataFrame, history: DataFrame, fs: FeatureSettings,
-                  event_time: str = "time_ms", vocabulary: "Vocabulary | None" = None) -> DataFrame:
+                  event_time: str = "time_ms", vocabulary: Vocabulary | None = None) -> DataFrame:
     """Query rows + ``seq_<b>`` (array<int>) and ``seq_<b>_gap`` (array<float>) per behaviour.
 
     ``event_time``: the events' column holding when an event becomes visible (default its start;
     the featuriser passes its end, ``time_ms + play_time_ms``: a positive label is only known then).
     Order and gaps use that moment. ``vocabulary``: items index like ``cat_video_id`` (required
     unless ``fs.exact_vocab_max_size`` is 0); an item the vocabulary does not know is left out."""
-    from features.vocabulary import require_vocabulary
-
     require_vocabulary(fs, vocabulary, "add_sequences")
     n = fs.seq_len
     timeline = point_in_time_union(queries, positive_events(events, fs, event_time, vocabulary)).repartition("user_id")

@@ -34,10 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 SPEC_FORMAT = 1
+
+
+# options that shape the training rows only (features/space.py), not a candidate's features
+TRAINING_OPTIONS = ("feature_time", "exposure_negatives", "exposure_space")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,12 @@ class FeatureSpec:
     @property
     def label_columns(self) -> list[str]:
         return [c for t in self.tasks for c in (t.column, t.mask_column)]
+
+    def serving_view(self) -> "FeatureSpec":
+        """The spec without what only shapes training rows (the tasks, :data:`TRAINING_OPTIONS`):
+        what the score job's featuriser must agree on with a model."""
+        options = {k: v for k, v in self.options.items() if k not in TRAINING_OPTIONS}
+        return replace(self, tasks=(), options=options)
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -108,7 +108,8 @@ def synthetic_videos(spark: SparkSession, n_videos: int, seed: int = 7) -> DataF
     i = F.col("id")
     u = lambda salt: _uniform(seed, salt, i)  # noqa: E731
     vals = {
-        "video_id": i, "author_id": F.floor(u("author") * n_videos * 0.86), "video_type": F.when(u("vt") < 0.9, "NORMAL").otherwise("AD"),
+        "video_id": i, "author_id": F.floor(u("author") * n_videos * 0.86),
+        "video_type": F.when(u("vt") < 0.9, "NORMAL").otherwise("AD"),
         "upload_dt": F.lit("2022-04-10"), "upload_type": F.concat(F.lit("T"), F.floor(u("ut") * 14).cast("string")),
         "visible_status": F.lit("0.0"), "video_duration": 5000 + F.floor(_uniform(seed, "dur", i) * 120_000),
         "server_width": F.lit(720.0), "server_height": F.lit(1280.0), "music_id": F.floor(u("music") * n_videos * 0.95),

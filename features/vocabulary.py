@@ -15,6 +15,10 @@ by ``build_features`` on a full rebuild, and its Delta version goes into the fea
 featuriser reads that same version for training rows and for scoring candidates, so the product
 maps ids one way, and a model built on another vocabulary is refused like any spec mismatch.
 
+The seeded hash every field without a vocabulary goes through (:func:`hash_bucket`, used by
+:mod:`features.categorical` and :mod:`features.sequences`) is defined here too, so that
+:func:`collision_report` can compare the two mappings while this module imports neither of those.
+
 >>> EXACT_FIELDS
 ('user_id', 'video_id', 'author_id', 'music_id')
 """
@@ -31,7 +35,17 @@ from conf.settings import FeatureSettings
 EXACT_FIELDS = ("user_id", "video_id", "author_id", "music_id")  # the id fields that hashed into big tables
 FIELD, VALUE, INDEX = "field", "value", "index"
 HISTORY_LISTS = ("watch_seq", "like_seq", "long_watch_seq")
-VOCABULARY_TABLE = "vocabulary"
+
+
+def hash_bucket(value: Column, field: str, vocab_size: int, seed: int) -> Column:
+    """Seeded deterministic bucket in ``1 .. vocab_size-1`` for non-null values, ``0`` for null.
+
+    Works inside higher-order functions (``F.transform``) too, so sequence items hash exactly
+    like the ``video_id`` field.
+    """
+    as_text = value.cast("string")
+    hashed = F.pmod(F.xxhash64(F.lit(int(seed)), F.lit(field), as_text), F.lit(vocab_size - 1)) + 1
+    return F.when(as_text.isNull() | (F.trim(as_text) == ""), F.lit(0)).otherwise(hashed).cast("int")
 
 
 @dataclass(frozen=True)
@@ -146,10 +160,8 @@ def collision_report(ids: DataFrame, fs: FeatureSettings) -> dict[str, dict[str,
     """Per field: ids seen, and the share of them whose hash bucket holds another seen id too.
 
     ``ids``: ``field, value`` as :func:`seen_ids` returns; the hashed layout is the seeded hash of
-    :func:`features.categorical.hash_bucket` into the field's bucket count.
+    :func:`hash_bucket` into the field's bucket count.
     """
-    from features.categorical import hash_bucket
-
     buckets = hashed_buckets(fs)
     out = {}
     for field, n_buckets in buckets.items():
@@ -161,3 +173,33 @@ def collision_report(ids: DataFrame, fs: FeatureSettings) -> dict[str, dict[str,
         out[field] = {"ids": n, "buckets": n_buckets, "ids_sharing_a_bucket": int(row["shared"] or 0),
                       "collision_rate": (int(row["shared"] or 0) / n) if n else 0.0}
     return out
+
+
+def write_vocabulary(spark: SparkSession, settings, log: DataFrame, videos: DataFrame, history: DataFrame,
+                     until: list[str] | None) -> tuple[Vocabulary, str]:
+    """Build the vocabulary from bronze (``log`` up to the last date of ``until``, every date when
+    None), write it as the ``vocabulary`` table's next version (``settings``: conf.settings.Settings)
+    and return it with a one-line report of the collisions it removes."""
+    from conf.lake import write_table
+    from conf.tables import VOCABULARY
+
+    if until:
+        log = log.where(F.col("date") <= F.lit(max(until)).cast("date"))
+    version = write_table(build_vocabulary(log, videos, history, settings.features), settings, VOCABULARY,
+                          user_metadata={"job": "build_features", "until": max(until) if until else "all"})
+    vocabulary = load_vocabulary(spark, settings.lake.table_path(VOCABULARY.name), version)
+    report = collision_report(seen_ids(log, videos, history), settings.features)
+    return vocabulary, format_collision_report(report, vocabulary)
+
+
+def format_collision_report(report: dict[str, dict[str, float]], vocabulary: "Vocabulary") -> str:
+    """One line: per field, its ids, exact or hashed, and the share a hash would make collide.
+
+    >>> v = Vocabulary(frame=None, sizes={"video_id": 3}, version=1)
+    >>> format_collision_report({"video_id": {"ids": 2, "buckets": 10, "collision_rate": 0.5}}, v)
+    'video_id 2 ids exact (3 rows), hashing into 10 buckets would share a row for 50.0%'
+    """
+    return "; ".join(
+        f"{field} {r['ids']} ids " + (f"exact ({vocabulary.sizes[field]} rows)" if vocabulary.has(field) else "hashed")
+        + f", hashing into {r['buckets']} buckets would share a row for {r['collision_rate']:.1%}"
+        for field, r in report.items())

@@ -16,7 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from jobs.common import base_parser, parse_dates
+from conf.syntax import parse_dates
+from jobs.common import base_parser
 
 log = logging.getLogger("infnet.demo")
 
@@ -36,13 +37,16 @@ class DemoPlan:
 
 
 def build_parser():
+    from evaluation.ab import ABConfig
+
     parser = base_parser("demo", __doc__.splitlines()[0])
     for source in ("log", "users", "videos", "history"):
         parser.add_argument(f"--{source}", help=f"raw {source} file for ingest (default: the bundled KuaiRand copy)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: train's)")
     parser.add_argument("--train-flag", action="append", default=[], metavar="FLAG",
                         help="extra flag passed to every train step, e.g. --train-flag=--batch-size=512")
-    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples of the A/B report")
+    parser.add_argument("--n-boot", type=int, default=ABConfig().n_boot,
+                        help=f"bootstrap resamples of the A/B report (default {ABConfig().n_boot})")
     parser.add_argument("--rank-users", type=int, default=DemoPlan.rank_users,
                         help=f"users ranked from retrieval candidates on the last day (default {DemoPlan.rank_users})")
     parser.add_argument("--all-users", action="store_true",
@@ -92,13 +96,12 @@ def run_demo(argv=None, plan: DemoPlan = DemoPlan()) -> int:
     parse_dates(plan.all_dates)  # validates the plan
     started = time.time()
     for job, flags in steps(args, plan):
-        log.info("demo step: infnet %s %s", job, " ".join(flags))
         t0 = time.time()
         rc = importlib.import_module(f"jobs.{job}").main(flags)
         if rc != 0:
             print(f"demo: step `infnet {job}` failed (exit {rc}); stopping", file=sys.stderr)
             return rc
-        log.info("demo step %s done in %.0f s", job, time.time() - t0)
+        log.info("demo step done in %.0f s: infnet %s %s", time.time() - t0, job, " ".join(flags))
     print_list_summary(args, plan)
     log.info("demo finished in %.0f s", time.time() - started)
     return 0
@@ -106,24 +109,20 @@ def run_demo(argv=None, plan: DemoPlan = DemoPlan()) -> int:
 
 def print_list_summary(args, plan: DemoPlan, k: int = 50) -> None:
     """The ranked lists of the last day side by side: INFNet, MMoE, retrieval order, popularity."""
-    from pyspark.sql import functions as F
-
     from conf.lake import read_table
     from conf.spark import get_spark
+    from conf.syntax import ModelRef
     from conf.tables import METRICS
-    from jobs.common import ModelRef, pin_model_ref, settings_from_args
-    from jobs.rank import BASELINE_VERSION, print_list_metrics
+    from evaluation.lists import BASELINE_VERSION, BASELINES, format_list_metrics, replay_rows
+    from jobs.common import settings_from_args
+    from model.store import ModelStore
 
     settings = settings_from_args(args)
-    spark = get_spark(settings)
-    wanted = [pin_model_ref(settings, ModelRef(m)) for m in (plan.treatment, plan.control)]
-    wanted += [ModelRef(b, BASELINE_VERSION) for b in ("retrieval_order", "popularity")]
-    rows = read_table(spark, settings, METRICS).where(
-        (F.col("date") == F.lit(plan.rank_date).cast("date")) & (F.col("slice") == f"list@{k}")).toPandas()
-    keep = rows.apply(lambda r: any(r["model_name"] == m.name and r["model_version"] == m.version for m in wanted), axis=1)
-    if len(rows) and keep.any():
-        print(f"\nranked lists on {plan.rank_date}, replayed on its logs:")
-        print_list_metrics(rows[keep], k)
+    orders = [ModelStore.of(settings).pin(ModelRef(m)) for m in (plan.treatment, plan.control)]
+    orders += [ModelRef(b, BASELINE_VERSION) for b in BASELINES]
+    rows = replay_rows(read_table(get_spark(settings), settings, METRICS), plan.rank_date, orders, k)
+    if len(rows):
+        print(f"\nranked lists on {plan.rank_date}, replayed on its logs:\n{format_list_metrics(rows, k)}")
 
 
 def main(argv=None) -> int:

@@ -20,15 +20,10 @@ reserved buckets and ids mapped to 0 because they are outside the model's vocabu
 """
 from __future__ import annotations
 
-import datetime as dt
-import logging
 import sys
 
+from conf.syntax import parse_positive_int
 from jobs.common import JobError, add_dates_argument, base_parser, run_job
-
-log = logging.getLogger("infnet.score")
-
-KEY_TYPES = {"request_id": "string", "impression_id": "string", "user_id": "bigint", "video_id": "bigint"}
 
 
 def build_parser():
@@ -43,39 +38,24 @@ def build_parser():
     add_dates_argument(parser)
     parser.add_argument("--source", choices=("all", *CANDIDATE_SOURCES), default="all",
                         help="candidate source to score (default: all the date has)")
-    parser.add_argument("--batch-rows", type=int, default=rk.cpu_batch_candidates,
+    parser.add_argument("--batch-rows", type=parse_positive_int, default=rk.cpu_batch_candidates,
                         help=f"candidates per Arrow batch Spark ships to a worker (default {rk.cpu_batch_candidates}; "
                              "packed: about this many, in whole requests)")
-    parser.add_argument("--batch-candidates", type=int,
+    parser.add_argument("--batch-candidates", type=parse_positive_int,
                         help=f"candidates per model call (default by device: cpu {rk.cpu_batch_candidates}, "
                              f"cuda {rk.cuda_batch_candidates})")
-    parser.add_argument("--max-candidates-per-row", type=int, default=rk.max_candidates_per_row,
+    parser.add_argument("--max-candidates-per-row", type=parse_positive_int, default=rk.max_candidates_per_row,
                         help=f"packed: a larger request is split into rows of at most this many (default "
                              f"{rk.max_candidates_per_row})")
     parser.add_argument("--udf", choices=("arrow", "pandas"), default="arrow",
                         help="mapInArrow (default) or mapInPandas; same worker function")
-    parser.add_argument("--layout", choices=("packed", "flat"), default="packed",
-                        help="rows the UDF receives: one per request with the user side once (packed, default) "
-                             "or one per candidate (flat)")
+    parser.add_argument("--layout", choices=("packed", "flat"), default=rk.scoring_layout,
+                        help="rows the UDF receives: one per request with the user side once (packed) or one per "
+                             f"candidate (flat); default {rk.scoring_layout}")
     parser.add_argument("--no-user-reuse", action="store_true",
                         help="encode the user side once per row instead of once per request")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     return parser
-
-
-def check_model_spec(spark, settings, info, feature_version: int) -> None:
-    """The model's spec must be the examples table's at ``feature_version`` *and* the spec these
-    settings featurise candidates with (features are built from settings, checked by fingerprint)."""
-    from features.examples import build_spec, featuriser_vocabulary, load_feature_spec
-    from features.spec import FeatureSpecMismatch, check_compatible
-    from model.store import check_spec
-
-    try:
-        check_spec(info, load_feature_spec(spark, settings, feature_version))
-        check_compatible(info.spec, build_spec(settings, featuriser_vocabulary(spark, settings, None)), what=f"model {info.ref} vs the scoring settings' features")
-    except FeatureSpecMismatch as err:
-        raise JobError(f"{err}. Retrain {info.name} on the current examples or rebuild features with its spec; "
-                       "nothing was written") from None
 
 
 def read_candidates(spark, settings, date: str, source: str):
@@ -86,56 +66,28 @@ def read_candidates(spark, settings, date: str, source: str):
 
     candidates = read_table(spark, settings, CANDIDATES).where(F.col("date") == F.lit(date).cast("date"))
     if source != "all":
-        if "source" not in candidates.columns:
-            raise JobError("candidates has no source column (built before sources existed): "
-                           f"rerun `infnet build_candidates --date {date}`")
         candidates = candidates.where(F.col("source") == source)
     return candidates
-
-
-def featurise(spark, settings, candidates, max_request_time: int):
-    """Per-key candidate features from the bronze tables, events before the last request time only."""
-    from pyspark.sql import functions as F
-
-    from conf.lake import read_table
-    from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
-    from features.candidate_features import featurise_candidates
-
-    last_date = candidates.agg(F.max("date")).first()[0]
-    # nothing at or after the latest request time is visible to any candidate: skip reading it
-    events = read_table(spark, settings, BRONZE_LOG).where(
-        (F.col("date") <= F.lit(last_date)) & (F.col("time_ms") < F.lit(int(max_request_time))))
-    return featurise_candidates(candidates, events, read_table(spark, settings, BRONZE_USERS),
-                                read_table(spark, settings, BRONZE_VIDEOS), read_table(spark, settings, BRONZE_HISTORY),
-                                settings)
-
-
-def prepare_tables(spark, settings) -> None:
-    """Lakes built before candidate sources existed: add the new columns to ``candidates`` and
-    ``scores``, marking their old rows ``logged`` (the only source there was)."""
-    from conf.lake import add_missing_columns
-    from conf.schemas import CANDIDATES_SCHEMA, SCORES_SOURCE_FIELD, schema_of
-    from conf.tables import CANDIDATES, SCORES
-
-    add_missing_columns(spark, settings, CANDIDATES, CANDIDATES_SCHEMA, fill={"source": "'logged'"})
-    add_missing_columns(spark, settings, SCORES, schema_of([SCORES_SOURCE_FIELD]),
-                        fill={"source": "'logged'"})
 
 
 def load_models(spark, settings, refs: str):
     """The pinned infos of a comma list of NAME[@VERSION], each checked against the features' spec."""
     from conf.lake import current_version
     from conf.tables import EXAMPLES
-    from model.store import ModelNotFound, ModelStore
+    from features.spec import FeatureSpecMismatch
+    from model.scoring import check_model_spec
+    from model.store import CorruptModel, ModelNotFound, ModelStore
 
     infos = []
     feature_version = current_version(spark, settings, EXAMPLES)
+    store = ModelStore.of(settings)
     for ref in (r.strip() for r in refs.split(",") if r.strip()):
         try:
-            info = ModelStore(settings.lake.model_store).info(ref)
-        except ModelNotFound as err:
+            info = store.info(ref)
+            check_model_spec(spark, settings, info, feature_version)
+            store.build_from_weights(info)  # a bad artifact fails here once, not in every Python worker
+        except (ModelNotFound, FeatureSpecMismatch, CorruptModel) as err:
             raise JobError(str(err)) from None
-        check_model_spec(spark, settings, info, feature_version)
         infos.append(info)
     if not infos:
         raise JobError("--model names no model")
@@ -143,121 +95,39 @@ def load_models(spark, settings, refs: str):
 
 
 def body(spark, settings, args) -> None:
-    from pyspark.sql import functions as F
-
-    from conf.spark import session_conf
-    from features.candidate_features import PASSTHROUGH
-    from features.candidates import records_per_arrow_batch, validate_candidates
-    from model.scoring import ScoringSettings
+    from features.candidates import validate_candidates
+    from model.scoring import (ScoringError, ScoringSettings, candidate_counts, date_udf_input,
+                               score_date)
 
     infos, feature_version = load_models(spark, settings, args.model)
-    if min(args.batch_rows, args.max_candidates_per_row, args.batch_candidates or 1) < 1:
-        raise JobError("--batch-rows, --batch-candidates and --max-candidates-per-row must be >= 1")
     rk = settings.ranking
     scoring = ScoringSettings(batch_rows=args.batch_rows, reuse_user_side=not args.no_user_reuse, udf=args.udf,
                               device=args.device, layout=args.layout, batch_candidates=args.batch_candidates,
                               cpu_batch_candidates=rk.cpu_batch_candidates, cuda_batch_candidates=rk.cuda_batch_candidates)
-    prepare_tables(spark, settings)
 
     for date in args.dates:
-            candidates = read_candidates(spark, settings, date, args.source)
-            try:
-                validate_candidates(candidates)
-            except ValueError as err:
-                raise JobError(f"{err}; nothing was written") from None
-            counts = candidates.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("request_id").alias("requests"),
-                                    F.max("request_time_ms").alias("last"),
-                                    F.sort_array(F.collect_set("source")).alias("sources")).first()
-            n_candidates = counts["n"]
-            if n_candidates == 0:
-                flag = "" if args.source in ("all", "logged") else f" --source {args.source}"
-                what = "" if args.source == "all" else f" of source {args.source}"
-                raise JobError(f"candidates has no rows{what} for {date}: run `infnet build_candidates --date {date}"
-                               f"{flag}` first; nothing was written")
-            # features once per key and date, shared by every model scored here
-            features = featurise(spark, settings, candidates, counts["last"]).cache()
-            report = features.input_report()
-            if scoring.layout == "packed":  # one row per request
-                udf_input = features.packed(PASSTHROUGH, args.max_candidates_per_row)
-            else:
-                # a request's candidates sit together so the user side is encoded once per request per batch
-                n_parts = max(spark.sparkContext.defaultParallelism, 1)
-                udf_input = features.flat(PASSTHROUGH).repartition(n_parts, "request_id").sortWithinPartitions("request_id")
-            if len(infos) > 1:
-                udf_input = udf_input.cache()
-            # Arrow batches of ~batch_rows candidates; the session's own setting is back after the date
-            records = records_per_arrow_batch(scoring.layout, scoring.batch_rows, n_candidates, counts["requests"])
-            with session_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(records)):
-                for info in infos:
-                    score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version,
-                               args.source, report)
-            udf_input.unpersist()
-            features.unpersist()
-
-
-def score_date(spark, settings, info, date, udf_input, candidates, counts, scoring, feature_version, source,
-               report) -> None:
-    """Score one model on one date's prepared UDF input, write its slice of ``scores``, check the
-    count and print the summary line."""
-    from pyspark.sql import functions as F
-
-    from conf.lake import read_table, write_table
-    from conf.tables import SCORES
-    from features.candidate_features import PASSTHROUGH
-    from model.scoring import counts_accumulator, make_batch_scorer, output_schema_ddl, score_column
-
-    out_of_range = counts_accumulator(spark)
-    scorer = make_batch_scorer(settings.lake.model_store, info.ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
-    ddl = output_schema_ddl(info.spec, PASSTHROUGH, KEY_TYPES)
-    scored = udf_input.mapInPandas(scorer, ddl) if scoring.udf == "pandas" else udf_input.mapInArrow(scorer, ddl)
-    if len(counts["sources"]) == 1:  # the usual case: no join needed
-        scored = scored.withColumn("source", F.lit(counts["sources"][0]))
-    else:
-        sources = candidates.select(F.col("request_id").alias("_c_request"), F.col("video_id").alias("_c_video"),
-                                    F.col("impression_id").alias("_c_impression"), "source")
-        scored = scored.join(sources, (F.col("request_id") == F.col("_c_request"))
-                             & (F.col("video_id") == F.col("_c_video"))
-                             & F.col("impression_id").eqNullSafe(F.col("_c_impression")))
-    scores = scored.select(
-        "request_id", "impression_id", "user_id", "video_id",
-        F.lit(date).cast("date").alias("date"),
-        F.lit(info.name).alias("model_name"), F.lit(str(info.version)).alias("model_version"),
-        F.lit(feature_version).cast("long").alias("feature_version"),
-        F.lit(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).alias("scored_at"),
-        *[F.col(score_column(t.name)) for t in info.spec.tasks],
-        "source",
-    )
-    where = {"date": date, "model_name": info.name, "model_version": str(info.version)}
-    if source != "all":
-        where["source"] = source
-    version = write_table(scores, settings, SCORES, where)
-    ensure_probability_constraint(spark, settings, [t.name for t in info.spec.binary_tasks])
-    written = read_table(spark, settings, SCORES, version).where(
-        (F.col("date") == F.lit(date).cast("date")) & (F.col("model_name") == info.name)
-        & (F.col("model_version") == str(info.version)))
-    if source != "all":
-        written = written.where(F.col("source") == source)
-    n_scored = written.count()
-    if n_scored != counts["n"]:
-        raise JobError(f"scored {n_scored} rows for {counts['n']} candidates on {date}")
-    mapped = dict(sorted(out_of_range.value.items()))
-    print(f"score {info.ref} {date} ({', '.join(counts['sources'])}): {n_scored} candidates in "
-          f"{counts['requests']} requests scored (scores version {version}); reserved buckets: {report}; "
-          f"ids outside the vocabulary mapped to 0: {mapped or 'none'}")
-
-
-def ensure_probability_constraint(spark, settings, binary_tasks) -> None:
-    """Add the Delta CHECK constraint keeping binary scores in [0, 1] (once per table)."""
-    from conf.lake import qualified_name
-    from conf.tables import SCORES
-    from model.scoring import score_column
-
-    table = qualified_name(settings, SCORES)
-    existing = {r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES {table}").collect()}
-    if "delta.constraints.scores_are_probabilities" in existing:
-        return
-    cond = " AND ".join(f"({score_column(t)} BETWEEN 0 AND 1)" for t in binary_tasks)
-    spark.sql(f"ALTER TABLE {table} ADD CONSTRAINT scores_are_probabilities CHECK ({cond})")
+        candidates = read_candidates(spark, settings, date, args.source)
+        try:
+            validate_candidates(candidates)
+        except ValueError as err:
+            raise JobError(f"{err}; nothing was written") from None
+        counts = candidate_counts(candidates)
+        if counts["n"] == 0:
+            flag = "" if args.source in ("all", "logged") else f" --source {args.source}"
+            what = "" if args.source == "all" else f" of source {args.source}"
+            raise JobError(f"candidates has no rows{what} for {date}: run `infnet build_candidates --date {date}"
+                           f"{flag}` first; nothing was written")
+        with date_udf_input(spark, settings, candidates, counts, scoring, args.max_candidates_per_row,
+                            len(infos)) as (rows, report):
+            for info in infos:
+                try:
+                    done = score_date(spark, settings, info, date, rows, candidates, counts["n"], counts["sources"],
+                                      scoring, feature_version, args.source)
+                except ScoringError as err:
+                    raise JobError(str(err)) from None
+                print(f"score {info.ref} {date} ({', '.join(counts['sources'])}): {done.n_scored} candidates in "
+                      f"{counts['requests']} requests scored (scores version {done.version}); reserved buckets: "
+                      f"{report}; ids outside the vocabulary mapped to 0: {done.out_of_vocabulary or 'none'}")
 
 
 def main(argv=None) -> int:

@@ -10,30 +10,23 @@ Tables live in the ``infnet`` database (``USE infnet`` is applied, so ``scores``
 when no other job is running (otherwise this stops with one line, exit 2), or point the session
 at a shared metastore in production.
 
+``--engine duckdb`` (default: ``$INFNET_SQL_ENGINE`` or spark) answers without a JVM, so it runs
+while jobs do: DuckDB's SQL over each named table's newest committed Delta version, read by
+delta-rs (:mod:`conf.lake_sql`); only queries (SELECT, WITH, VALUES, SHOW, DESCRIBE, SUMMARIZE,
+EXPLAIN), never writes. Tables by name as above; no time travel, and DuckDB's SQL dialect.
+
 examples:
   infnet sql "SELECT model_name, count(*) FROM scores GROUP BY model_name"
+  infnet sql --engine duckdb "SELECT date, count(*) AS n FROM scores GROUP BY date ORDER BY date"
   infnet sql --allow-writes "DELETE FROM quarantine WHERE run_id = 'adhoc'"
 """
 from __future__ import annotations
 
 import sys
 
-from jobs.common import JobError, base_parser, run_job, spark_error_line
+from jobs.common import JobError, base_parser, run_job, settings_from_args
 
-# Commands (Spark's ``Command`` plans, which run as soon as they are parsed) that only read.
-READ_ONLY_COMMANDS = frozenset({
-    "ShowTables", "ShowTablesExtended", "ShowTableExtended", "ShowViews", "ShowNamespaces",
-    "ShowNamespacesCommand", "ShowColumns", "ShowCreateTable", "ShowTableProperties", "ShowPartitions",
-    "ShowFunctions", "ShowCatalogsCommand", "ShowCurrentNamespaceCommand", "DescribeRelation",
-    "DescribeColumn", "DescribeNamespace", "DescribeFunction", "DescribeQueryCommand",
-    "DescribeDeltaDetailCommand", "DescribeDeltaHistory", "DescribeDeltaHistoryCommand",
-    "ExplainCommand", "SetCatalogAndNamespace", "SetCommand",
-})
-# Plans that are not ``Command`` nodes but write, or run another statement (EXECUTE IMMEDIATE,
-# SQL scripts); any other node whose name says it writes is refused too (conservative).
-WRITE_STATEMENTS = frozenset({"InsertIntoStatement", "InsertIntoDir", "UnresolvedExecuteImmediate"})
-WRITE_WORDS = ("Insert", "Write", "Delete", "Update", "Merge", "Drop", "Create", "Alter", "Truncate",
-               "Restore", "Replace", "Overwrite", "Append", "Execute", "Compound", "Call")
+ENGINES = ("spark", "duckdb")
 
 
 def build_parser():
@@ -42,50 +35,18 @@ def build_parser():
     parser.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     parser.add_argument("--csv", help="also write the full result to this CSV file")
     parser.add_argument("--allow-writes", action="store_true",
-                        help="run statements that change tables or the catalog (refused by default)")
+                        help="run statements that change tables or the catalog (refused by default; spark only)")
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="spark (the catalog, one JVM at a time) or duckdb (no JVM: runs beside jobs, "
+                             "read-only); default $INFNET_SQL_ENGINE or spark")
     return parser
-
-
-def plan_nodes(spark, plan) -> list:
-    """Every node of a parsed (unresolved) plan: children, and the plans nested in it (CTEs)."""
-    from py4j.java_gateway import is_instance_of
-
-    gateway = spark.sparkContext._gateway
-    nodes, stack = [], [plan]
-    while stack:
-        node = stack.pop()
-        nodes.append(node)
-        children = node.children()
-        stack += [children.apply(i) for i in range(children.size())]
-        inner = node.innerChildren()
-        stack += [inner.apply(i) for i in range(inner.size())
-                  if is_instance_of(gateway, inner.apply(i), "org.apache.spark.sql.catalyst.plans.logical.LogicalPlan")]
-    return nodes
-
-
-def writing_node(spark, query: str) -> str | None:
-    """The name of the first node of ``query``'s parsed plan that writes, or None when it only reads.
-
-    Parsing runs nothing (``spark.sql`` would run a command at once). Spark's ``Command`` plans are
-    allowed only when listed in ``READ_ONLY_COMMANDS``; other nodes when they are no known write
-    and their name has no writing word. A syntax error raises Spark's ParseException.
-    """
-    from py4j.java_gateway import is_instance_of
-
-    gateway = spark.sparkContext._gateway
-    plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(query)
-    for node in plan_nodes(spark, plan):
-        name = node.nodeName().rstrip("$")
-        if is_instance_of(gateway, node, "org.apache.spark.sql.catalyst.plans.logical.Command"):
-            if name not in READ_ONLY_COMMANDS:
-                return name
-        elif name in WRITE_STATEMENTS or any(word in name for word in WRITE_WORDS):
-            return name
-    return None
 
 
 def body(spark, settings, args) -> None:
     from pyspark.errors.exceptions.captured import CapturedException
+
+    from conf.errors import spark_error_line
+    from conf.sql_guard import writing_node
 
     spark.sql(f"USE {settings.lake.database}")
     try:
@@ -103,8 +64,42 @@ def body(spark, settings, args) -> None:
         raise JobError(spark_error_line(err)) from None
 
 
+# ---------------------------------------------------------------------------------------------
+# The duckdb engine: no Spark, no pyspark import
+# ---------------------------------------------------------------------------------------------
+
+def duckdb_main(prog: str, settings, args) -> int:
+    """Answer ``args.query`` with :func:`conf.lake_sql.duckdb_query` and print it as Spark's
+    ``show(limit, truncate=False)`` would; refusals and errors are one line, exit 2."""
+    from conf.arrow_show import naive_timestamps, show_string
+    from conf.lake_sql import LakeSqlError, duckdb_query
+
+    try:
+        if args.allow_writes:
+            raise LakeSqlError("--allow-writes needs --engine spark: the duckdb engine only reads "
+                               "(the lake is written by the jobs)")
+        result = duckdb_query(settings, args.query, limit=None if args.csv else max(args.limit, 0) + 1)
+        if args.csv:
+            naive_timestamps(result).to_pandas().to_csv(args.csv, index=False)
+    except (LakeSqlError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(show_string(result, args.limit))
+    return 0
+
+
 def main(argv=None) -> int:
-    return run_job(build_parser(), body, argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args)
+    engine = args.engine or settings.lake.sql_engine
+    if engine not in ENGINES:
+        print(f"{parser.prog}: error: INFNET_SQL_ENGINE={engine!r}: expected one of {', '.join(ENGINES)}",
+              file=sys.stderr)
+        return 2
+    if engine == "duckdb":
+        return duckdb_main(parser.prog, settings, args)
+    return run_job(parser, body, argv, upgrade=False)  # read-only: it never writes, not even an upgrade
 
 
 if __name__ == "__main__":

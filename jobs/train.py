@@ -22,34 +22,15 @@ import json
 import logging
 import sys
 
-from jobs.common import JobError, base_parser, parse_dates, run_job
+from conf.syntax import check_date_split, parse_dates, parse_key_value
+from jobs.common import JobError, base_parser, run_job
 
 log = logging.getLogger("infnet.train")
 
 
-def parse_key_value(value: str) -> tuple[str, object]:
-    """``d=64`` -> ("d", 64); values are JSON when they parse (numbers, lists, true), else strings."""
-    key, sep, raw = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
-def parse_task_weight(value: str) -> tuple[str, float]:
-    """``like=10`` -> ("like", 10.0); a weight that is not a number is a usage error."""
-    task, sep, raw = value.partition("=")
-    try:
-        if sep and task:
-            return task, float(raw)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"expected TASK=NUMBER, got {value!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from model.losses import parse_task_weight
+
     parser = base_parser("train", __doc__.splitlines()[0])
     parser.epilog = "\n".join(__doc__.splitlines()[2:])
     parser.add_argument("--model", required=True, help="registry name: infnet, mmoe, ple, ...")
@@ -70,40 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every-steps", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default) | cpu | cuda")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--task-weight", action="append", type=parse_task_weight, default=[], metavar="TASK=W",
-                        help="loss weight of a task (repeatable); default 1, like 10 (model.train.DEFAULT_TASK_WEIGHTS)")
+    parser.add_argument("--threads", dest="num_threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--task-weight", dest="task_weights", action="append", type=parse_task_weight, default=[],
+                        metavar="TASK=W",
+                        help="loss weight of a task (repeatable); default 1, like 10 (model.losses.DEFAULT_TASK_WEIGHTS)")
     parser.add_argument("--uncertainty-weighting", action="store_true", help="learn task weights (Kendall et al.)")
     parser.add_argument("--gradnorm", action="store_true",
                         help="learn task weights with GradNorm (Chen et al.), starting from --task-weight")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--pareto", action="store_true",
+                        help="per-step Pareto task weights (MGDA-UB, Sener & Koltun), scaled by --task-weight")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (logs only)")
     parser.add_argument("--distributed", type=int, metavar="N",
                         help="train in N DDP processes with TorchDistributor (gloo on CPU, nccl on GPU executors)")
     return parser
-
-
-def train_config_from_args(args):
-    from model.train import TrainConfig
-
-    flags = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "weight_decay": args.weight_decay,
-             "embedding_lr": args.embedding_lr,
-             "dropout": args.dropout, "patience": args.patience, "eval_every_steps": args.eval_every_steps,
-             "seed": args.seed, "device": args.device, "num_threads": args.threads}
-    values = {k: v for k, v in flags.items() if v is not None}
-    values["task_weights"] = dict(args.task_weight)
-    values["uncertainty_weighting"] = args.uncertainty_weighting
-    values["gradnorm"] = args.gradnorm
-    values["progress"] = not args.no_progress
-    return TrainConfig(**values)
-
-
-def check_split(splits: dict[str, list[str]]) -> None:
-    seen: dict[str, str] = {}
-    for split, dates in splits.items():
-        for d in dates:
-            if d in seen:
-                raise JobError(f"date {d} is in both the {seen[d]} and the {split} dates: the splits must not overlap")
-            seen[d] = split
 
 
 def body(spark, settings, args) -> None:
@@ -112,16 +72,22 @@ def body(spark, settings, args) -> None:
     from features.examples import load_feature_spec
     from model.loaders import ArrowBatches
     from model.snapshot import SnapshotError, resolve_snapshot
+    from model.metrics import format_metrics
     from model.registry import MODEL_NAMES
     from model.store import ModelStore
-    from model.train import build_and_train, resolve_task_weights
+    from model.losses import resolve_task_weights
+    from model.tracking import RUN_ID_KEY, TrackingError, open_training_run, training_params
+    from model.train import TrainConfig, build_and_train
 
     if args.model not in MODEL_NAMES:
         raise JobError(f"unknown model {args.model!r}; known: {', '.join(MODEL_NAMES)}")
     if not table_exists(spark, settings, EXAMPLES):
         raise JobError("the examples table does not exist: run `infnet build_features` first")
     splits = {"train": args.train_dates, "valid": args.valid_dates, "test": args.test_dates or []}
-    check_split(splits)
+    try:
+        check_date_split(splits)
+    except ValueError as err:
+        raise JobError(str(err)) from None
     latest = current_version(spark, settings, EXAMPLES)
     version = latest if args.examples_version is None else args.examples_version
     if not 0 <= version <= latest:
@@ -132,7 +98,7 @@ def body(spark, settings, args) -> None:
         snapshots = {s: resolve_snapshot(spark, path, version, d) for s, d in splits.items() if d}
     except SnapshotError as err:
         raise JobError(str(err)) from None
-    config = train_config_from_args(args)
+    config = TrainConfig.from_flags(vars(args))  # the flags are named as TrainConfig's fields
     try:  # store the weights the loss used, defaults included
         config = dataclasses.replace(config, task_weights=resolve_task_weights(spec, config.task_weights))
     except ValueError as err:
@@ -141,38 +107,37 @@ def body(spark, settings, args) -> None:
     batches = {s: ArrowBatches(snap, spec, config.batch_size, shuffle=(s == "train"), seed=config.seed,
                                shuffle_buffer_rows=config.shuffle_buffer_rows, drop_last=False)
                for s, snap in snapshots.items()}
-    try:
-        if args.distributed:
-            from model.distributed import train_distributed
-
-            result = train_distributed(spark, settings, args.model, spec, snapshots, config, dict(args.config),
-                                       args.distributed)
-        else:
-            result = build_and_train(args.model, spec, batches["train"], batches["valid"], batches.get("test"),
-                                     config, dict(args.config))
-    except ValueError as err:  # bad config field, unknown task weight, too many processes
+    try:  # opened before training: a tracking store that does not answer fails now, not after hours
+        run = open_training_run(settings, args.name or args.model, training_params(
+            args.model, config.to_dict(), dataclasses.asdict(settings.features), splits, version))
+        run.log_examples_input(path, version, spec.fingerprint(), json.loads(spec.to_json()))
+    except TrackingError as err:
         raise JobError(str(err)) from None
-    info = ModelStore.of(settings).save(
-        args.name or args.model, result.model, spec, architecture=args.model,
-        model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
-        date_split=splits, metrics=result.metrics,
-        extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()},
-               "distributed_processes": args.distributed or 1},
-    )
+    with run:  # FAILED in the store when training raises
+        try:
+            if args.distributed:
+                from model.distributed import train_distributed
+
+                result = train_distributed(spark, settings, args.model, spec, snapshots, config, dict(args.config),
+                                           args.distributed)
+            else:
+                result = build_and_train(args.model, spec, batches["train"], batches["valid"], batches.get("test"),
+                                         config, dict(args.config))
+        except ValueError as err:  # bad config field, unknown task weight, too many processes
+            raise JobError(str(err)) from None
+        info = ModelStore.of(settings).save(
+            args.name or args.model, result.model, spec, architecture=args.model,
+            model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
+            date_split=splits, metrics=result.metrics,
+            extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()},
+                   "distributed_processes": args.distributed or 1, RUN_ID_KEY: run.run_id},
+        )
+        try:
+            run.log_result(result.model_config, result.metrics, result.history, info.ref)
+        except TrackingError as err:
+            raise JobError(f"{info.ref} is stored, but its run was not completed: {err}") from None
     print(format_metrics(result.metrics))
-    print(info.ref)
-
-
-def format_metrics(metrics: dict) -> str:
-    """A small text table: task, valid AUC, test AUC, test gAUC."""
-    lines = [f"{'task':<12}{'valid AUC':>10}{'test AUC':>10}{'test gAUC':>10}"]
-    valid, test = metrics.get("valid") or {}, metrics.get("test") or {}
-    for task, v in valid.items():
-        if isinstance(v, dict) and "auc" in v:
-            t = test.get(task, {})
-            lines.append(f"{task:<12}{v['auc']:>10.4f}{t.get('auc', float('nan')):>10.4f}{t.get('gauc', float('nan')):>10.4f}")
-    lines.append(f"{'mean':<12}{valid.get('mtl_auc', float('nan')):>10.4f}{test.get('mtl_auc', float('nan')):>10.4f}")
-    return "\n".join(lines)
+    print(f"{info.ref} (MLflow run {run.run_id} in {run.tracking_uri})")
 
 
 def main(argv=None) -> int:

@@ -45,11 +45,16 @@ Attention is computed query-side (``W_K`` / ``W_V`` folded into the few queries,
 User-side reuse: ``S`` (block-1 keys), ``S~`` and the mask depend only on the user; with
 ``gate_source="layer"`` so does ``S`` after block 1 (its gate reads ``S~`` of layer 0), so the
 block-2 keys are cached too (``seq_tokens_1``); with the default ``"updated"`` the gate of ``S'``
-reads ``S~'``, which attended over the candidate's ``C``, so ``S`` is per candidate from block 2
-on; without PGU ``S`` never changes. Scoring the
-candidates of a request (:meth:`INFNet.score_per_user`) reads those keys once per user: the
+reads ``S~'``, which attended over the candidate's ``C``, so the block-2 keys
+``S' = LN(S * gamma)`` differ per candidate, but only through one d-wide vector ``gamma`` (``g``,
+or ``1 + g`` for ``pgu_residual="gate"``); without PGU ``S`` never changes. Scoring the
+candidates of a request (:meth:`INFNet.score_per_user`) reads the user's keys once per user: the
 candidates' queries are packed per user (:class:`~model.layers.RowGroups`) instead of the
-``[L, d]`` keys being copied to every candidate row.
+``[L, d]`` keys being copied to every candidate row, and the per-candidate ``S'`` is never built:
+:class:`~model.layers.GatedKeys` folds ``gamma`` into the block-2 queries and the LayerNorm's
+per-token statistics into two dot products of ``gamma`` with the user's tokens (derivation there;
+exact). Where that form does not hold (a later block gates ``S`` again: 3+ blocks under
+``"updated"``; dropout inside the update in training) ``S`` is copied per row from that block on.
 
 >>> import torch
 >>> from features.spec import demo_spec
@@ -82,10 +87,12 @@ from model.layers import (
     CategoricalEmbedding,
     DenseTokens,
     GapSignal,
+    GatedKeys,
     MultiHeadCrossAttention,
     RowGroups,
     SequenceEmbedding,
     TaskTowers,
+    attend_keys,
     masked_mean,
     masked_sum,
 )
@@ -235,39 +242,76 @@ class INFNetBlock(nn.Module):
         out = self._gated("S", seq_tokens, seq_proxy)
         return out * seq_mask.unsqueeze(-1).to(out.dtype)
 
+    def can_fold_seq(self) -> bool:
+        """Whether ``S' = Norm(S * gamma)`` holds exactly with one gate vector ``gamma`` per row, so
+        that :class:`~model.layers.GatedKeys` can stand for it: always in eval mode; in training only
+        where no dropout sits inside the update (``pgu_residual="gate"`` drops ``S * g`` per token)."""
+        return (self.cfg.use_pgu and "S" in self.computes
+                and not (self.training and self.cfg.dropout > 0 and self.cfg.pgu_residual == "gate"))
+
+    def seq_gate(self, seq_proxy: Tensor) -> Tensor:
+        """``gamma [B, d]`` of ``S' = Norm(S * gamma)``: ``g`` for ``LN(S * g)`` (``pgu_residual="update"``,
+        or ``"gate"`` without residual: ``LN(S * g)``), ``1 + g`` for ``LN(S + S * g)``."""
+        g = self._gate("S", seq_proxy).squeeze(1)
+        return 1.0 + g if self.cfg.pgu_residual == "gate" and self.cfg.residual else g
+
+    def _attend(self, st: dict[str, Tensor | None], keys: dict[str, tuple], done: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every cross-attention of this block not in ``done``, by name. Each reads the layer-``l``
+        streams only (queries and keys), so they are independent: those over the same keys share
+        one softmax pass (their key-space queries concatenated: e.g. ``T`` and ``T~`` over ``C``),
+        which is the same per query row, in fewer and larger matmuls."""
+        by_keys: dict[str, list[str]] = {}
+        for stream in ("Cp", "Sp", "Tp", "T"):
+            if stream in self.computes:
+                for name in _ATTENTIONS_OF[stream]:
+                    if name in self.ca and name not in done:
+                        by_keys.setdefault(name[-1], []).append(name)
+        out: dict[str, Tensor] = {}
+        for key, names in by_keys.items():
+            queries = [st[_QUERY_STREAM[n.split("_")[0]]] for n in names]
+            if not self.cfg.use_cross_attention or len(names) == 1:
+                out.update({n: self.ca[n](q, *keys[key]) for n, q in zip(names, queries)})
+                continue
+            q_keyspace = [self.ca[n].keyspace(q) for n, q in zip(names, queries)]
+            context = attend_keys(torch.cat(q_keyspace, dim=1), *keys[key])
+            for n, q, part in zip(names, queries, context.split([x.shape[1] for x in q_keyspace], dim=1)):
+                out[n] = self.ca[n].values(part, q.shape[1])
+        return out
+
     # -- the block -----------------------------------------------------------------------------
     def forward(self, st: dict[str, Tensor | None], update_seq: bool = True,
                 seq_groups: RowGroups | None = None,
-                attended: dict[str, Tensor] | None = None) -> dict[str, Tensor | None]:
+                attended: dict[str, Tensor] | None = None,
+                fold_seq: bool = False) -> dict[str, Tensor | None]:
         """``update_seq=False``: leave ``S`` as it is (the caller has the next block's ``S`` cached).
         ``seq_groups``: ``S`` and ``seq_mask`` hold one row per user (see :class:`RowGroups`).
-        ``attended``: cross-attention outputs already computed, by name (:func:`user_only_attentions`)."""
+        ``attended``: cross-attention outputs already computed, by name (:func:`user_only_attentions`).
+        ``fold_seq`` (with ``seq_groups``): return ``S'`` as :class:`~model.layers.GatedKeys` over the
+        per-user ``S`` (its row-dependent gate folded into the next block's attention, see
+        :meth:`can_fold_seq`) instead of building ``[B, L, d]``."""
         C, S, smask, T = st["C"], st["S"], st["seq_mask"], st["T"]
         keys = {"c": (C, None, None), "s": (S, smask, seq_groups), "t": (T, None, None)}
-        attended = attended or {}
+        attended = {**(attended or {}), **self._attend(st, keys, attended or {})}
 
-        def flow(stream: str, query: Tensor) -> Tensor:
+        def flow(stream: str) -> Tensor:
             """Sum of the cross-attentions of ``stream`` (heterogeneous flow)."""
-            total = 0
-            for name in _ATTENTIONS_OF[stream]:
-                if name in attended:
-                    total = total + attended[name]
-                elif name in self.ca:
-                    total = total + self.ca[name](query, *keys[name[-1]])
-            return total
+            return sum(attended[name] for name in _ATTENTIONS_OF[stream] if name in attended)
 
         out: dict[str, Tensor | None] = {x: (st[x] if x in self.needed_out else None) for x in STREAMS}
         out["seq_mask"] = smask
         for proxy in ("Cp", "Sp", "Tp"):
             if proxy in self.computes:
-                out[proxy] = self._update(proxy, st[proxy], flow(proxy, st[proxy]))
+                out[proxy] = self._update(proxy, st[proxy], flow(proxy))
         gate_from = st if self.cfg.gate_source == "layer" else out
         if "C" in self.computes:
             out["C"] = self._gated("C", C, gate_from["Cp"])
         if "S" in self.computes and update_seq:
-            out["S"] = self.update_seq(S, gate_from["Sp"], smask)
+            if fold_seq:
+                out["S"] = GatedKeys(S, self.seq_gate(gate_from["Sp"]), seq_groups, self.norms["S"])
+            else:
+                out["S"] = self.update_seq(S, gate_from["Sp"], smask)
         if "T" in self.computes:
-            attended_t = flow("T", T)
+            attended_t = flow("T")
             if not self.cfg.use_pgu:
                 out["T"] = self._update("T_hat", T, attended_t)
             elif self.cfg.pgu_residual == "update":  # T' = LN(T + g * (CA(T, C) + CA(T, S)))
@@ -325,6 +369,10 @@ class INFNet(RankingModel):
                 break
             n_user += 1
         self.n_user_blocks = n_user
+        # Fold the row-dependent gate of S into the next blocks' attention on the reuse path
+        # (GatedKeys; exact). Not a config field: it changes no output, only how it is computed;
+        # bench.scoring turns it off to measure the copy it replaces, side by side.
+        self.fold_sequence_gate = True
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         """``W_V`` of the last block's task-token attentions: shared by every task token, the last
@@ -399,11 +447,17 @@ class INFNet(RankingModel):
                user_index: Tensor | None = None, dense: Tensor | None = None) -> Tensor:
         """With ``groups``, ``seq_tokens_*`` / ``seq_mask`` of ``user_rows`` are per user."""
         candidate_part = self.embed_candidates(self.cat_embedding, cat)
-        C = self.merge_cat(user_rows["cat_user"], candidate_part)  # [B, M, d]
         if self.dense_tokens is not None:  # [B, M + K, d]; phi_cat reads them with the per-row fields
-            dense_part = self.dense_tokens(dense)
-            C = torch.cat([C, dense_part], dim=1)
-            candidate_part = torch.cat([candidate_part, dense_part], dim=1)
+            candidate_part = torch.cat([candidate_part, self.dense_tokens(dense)], dim=1)
+        if self.cat_proxy is None or "cat_proxy_user" in user_rows:
+            # Nothing reads C by position here (phi_cat's first layer is split by field, the
+            # attentions read C as a key set, the PGU gates each token alike): one concatenation,
+            # user fields first, instead of restoring spec order per candidate row.
+            C = torch.cat([user_rows["cat_user"], candidate_part], dim=1)
+        else:  # phi_cat reads Flatten(C) in spec order
+            n_cat = len(self.candidate_fields)
+            C = torch.cat([self.merge_cat(user_rows["cat_user"], candidate_part[:, :n_cat]),
+                           candidate_part[:, n_cat:]], dim=1)
         b = C.shape[0]
         st: dict[str, Tensor | None] = {
             "C": C,
@@ -420,12 +474,21 @@ class INFNet(RankingModel):
             if i < self.n_user_blocks:
                 seq = user_rows.get(f"seq_tokens_{i}", seq)
             update_seq = i + 1 >= self.n_user_blocks
+            fold = False
             if groups is not None and update_seq and "S" in block.computes:
-                # this block gates S with a row-dependent proxy: from here on S is per row
-                seq, st["seq_mask"] = seq.index_select(0, user_index), st["seq_mask"].index_select(0, user_index)
-                groups = None
+                # This block gates S with a row-dependent proxy: S' = Norm(S * gamma_row). When no
+                # later block updates S again, the next blocks read S' only as attention keys, and
+                # GatedKeys folds gamma into their queries and the norm's statistics (exact, no
+                # copy). Otherwise (3+ blocks under "updated": S'' = Norm(Norm(S * g1) * g2)) or
+                # with dropout inside the update, S is copied per row from here on.
+                fold = (self.fold_sequence_gate and block.can_fold_seq()
+                        and all("S" not in later.computes for later in self.blocks[i + 1:]))
+                if not fold:
+                    seq, st["seq_mask"] = seq.index_select(0, user_index), st["seq_mask"].index_select(0, user_index)
+                    groups = None
             st["S"] = seq
-            st = block(st, update_seq=update_seq, seq_groups=groups, attended=attended0 if i == 0 else None)
+            st = block(st, update_seq=update_seq, seq_groups=groups, attended=attended0 if i == 0 else None,
+                       fold_seq=fold)
             seq = st["S"] if st["S"] is not None else seq
         if st["T"] is not None:
             return self.heads(st["T"])  # task i reads its own final task token

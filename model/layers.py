@@ -317,8 +317,11 @@ class RowGroups:
     True
     """
 
-    def __init__(self, slot_of_row: Tensor, n_groups: int, slots: int):
+    def __init__(self, slot_of_row: Tensor, n_groups: int, slots: int, in_order: bool = False):
         self.slot_of_row, self.n_groups, self.slots = slot_of_row, n_groups, slots
+        # rows already sorted by group and every group full (a packed call of equal requests):
+        # padding is a view, no scatter / gather
+        self.in_order = in_order
 
     @classmethod
     def build(cls, group_of: Tensor, n_groups: int, max_padding: float = 2.0) -> "RowGroups | None":
@@ -333,17 +336,161 @@ class RowGroups:
         rank_in_group = torch.arange(n_rows, device=group_of.device) - starts[sorted_groups]
         slot_of_row = torch.empty_like(group_of)
         slot_of_row[order] = sorted_groups * slots + rank_in_group
-        return cls(slot_of_row, n_groups, slots)
+        in_order = n_groups * slots == n_rows and bool((slot_of_row == torch.arange(n_rows, device=group_of.device)).all())
+        return cls(slot_of_row, n_groups, slots, in_order)
+
+    def group_of(self) -> Tensor:
+        """``Long[B]``: the group of each row."""
+        return torch.div(self.slot_of_row, self.slots, rounding_mode="floor")
 
     def pad(self, x: Tensor) -> Tensor:
         """``[B, ...]`` -> ``[G, R, ...]`` (zeros in unused slots)."""
+        if self.in_order:
+            return x.reshape(self.n_groups, self.slots, *x.shape[1:])
         out = x.new_zeros((self.n_groups * self.slots, *x.shape[1:]))
         out[self.slot_of_row] = x
         return out.view(self.n_groups, self.slots, *x.shape[1:])
 
     def unpad(self, y: Tensor) -> Tensor:
         """``[G, R, ...]`` -> ``[B, ...]``."""
+        if self.in_order:
+            return y.reshape(self.n_groups * self.slots, *y.shape[2:])
         return y.reshape(self.n_groups * self.slots, *y.shape[2:]).index_select(0, self.slot_of_row)
+
+
+class GatedKeys:
+    """Per-row keys ``K_t = Norm(s_t * gamma) * m_t`` that are never built: ``s`` ``[G, L, d]`` one
+    row per group (a user's sequence tokens), ``gamma`` ``[B, d]`` one vector per row (a candidate's
+    PGU gate), ``Norm`` a :class:`torch.nn.LayerNorm` (or none), ``m`` the group's key mask.
+
+    INFNet gates the user's sequence with a candidate-dependent gate (``S' = LN(S * g)``) and the
+    next block attends over ``S'``: built literally, that copies the user's ``[L, d]`` keys to every
+    candidate and normalises ``L`` tokens per candidate. The attention reads the keys only through
+    dot products with a few query rows and a weighted sum, so both fold onto the user's ``s``.
+    With ``x_t = s_t * gamma`` (elementwise), ``LN(x_t) = r_t (x_t - mu_t) * w + b``,
+    ``mu_t = (s_t . gamma) / d``, ``var_t = (s_t^2 . gamma^2) / d - mu_t^2``, ``r_t = (var_t + eps)^-1/2``:
+
+    - score of a key-space query ``q``: ``q . LN(x_t) = r_t ((q*w) - mean(q*w)) . x_t + q . b``
+      (the centring moves to the query: ``(x - mean(x)) . v = x . (v - mean(v))``)
+      ``= r_t (s_t . q~) + const`` with ``q~ = gamma * ((q*w) - mean(q*w))``; ``q . b`` is the same
+      for every key of the row, and softmax ignores a constant, so it is dropped;
+    - weighted sum with softmax weights ``a_t`` (zero at padding, summing to 1):
+      ``sum_t a_t LN(x_t) = w * (u - mean(u)) + b`` with ``u = gamma * sum_t (a_t r_t) s_t``
+      (``sum_t a_t r_t mu_t = mean(u)``, because ``mu_t`` is linear in ``s_t``).
+
+    So a row costs the dot products of its few query rows and of its gate (``mu_t``, ``var_t``: two
+    more rows) with the ``L`` user tokens, as batched matmuls per group (:class:`RowGroups`), and no
+    ``[L, d]`` tensor per row. Without a norm, ``r_t = 1``, no centring, ``w = 1``, ``b = 0``.
+    ``var_t`` from the two moments is exact algebra; in float32 it loses digits only when a
+    token's mean dwarfs its spread (clamped at 0; tests hold it within 1e-5 of ``nn.LayerNorm``).
+    The statistics are computed once and shared by every attention that reads these keys.
+    """
+
+    def __init__(self, tokens: Tensor, gate: Tensor, groups: "RowGroups", norm: nn.Module | None = None):
+        self.tokens, self.gate, self.groups = tokens, gate, groups
+        self.norm = norm if isinstance(norm, nn.LayerNorm) else None
+        self._rstd: Tensor | None = None
+        self._padded_gate: Tensor | None = None
+
+    def padded_gate(self) -> Tensor:
+        """``gamma`` in the padded layout ``[G, R, d]`` (computed once)."""
+        if self._padded_gate is None:
+            self._padded_gate = self.groups.pad(self.gate)
+        return self._padded_gate
+
+    def rstd(self) -> Tensor | None:
+        """``r_t`` per (row slot, token): ``[G, R, L]`` (``None`` without a norm)."""
+        if self.norm is None:
+            return None
+        if self._rstd is None:
+            d = self.tokens.shape[-1]
+            gate = self.padded_gate()  # [G, R, d]
+            mean = torch.bmm(gate, self.tokens.transpose(1, 2)) / d  # [G, R, L]
+            sq = torch.bmm(gate * gate, (self.tokens * self.tokens).transpose(1, 2)) / d
+            self._rstd = torch.rsqrt((sq - mean * mean).clamp_min(0.0) + self.norm.eps)
+        return self._rstd
+
+    def materialize(self, key_mask: Tensor | None = None) -> Tensor:
+        """The ``[B, L, d]`` keys themselves (what the fold avoids; for tests and fallbacks)."""
+        group_of = self.groups.group_of()
+        x = self.tokens.index_select(0, group_of) * self.gate.unsqueeze(1)
+        x = self.norm(x) if self.norm is not None else x
+        return x if key_mask is None else x * key_mask.index_select(0, group_of).unsqueeze(-1).to(x.dtype)
+
+    def attend(self, q_keyspace: Tensor, key_mask: Tensor | None) -> Tensor:
+        """Softmax attention of key-space queries ``q_keyspace [B, X, d]`` over each row's keys ->
+        weighted keys ``[B, X, d]`` (zero for a row whose group has no valid key)."""
+        g, l, d = self.tokens.shape
+        r, n_x = self.groups.slots, q_keyspace.shape[1]
+        rstd, bias = self.rstd(), _padding_bias(key_mask, self.tokens.dtype)
+        v = q_keyspace if self.norm is None else q_keyspace * self.norm.weight
+        if self.norm is not None:
+            v = v - v.mean(-1, keepdim=True)
+        q = self.groups.pad(v * self.gate.unsqueeze(1)).view(g, r * n_x, d)
+        chunks = attention_chunks(g, r * n_x * l, q.device)
+        # scoring (no graph): every chunk writes its slice of one output, in place (no concatenation)
+        out = q.new_empty((g, r, n_x, d)) if len(chunks) > 1 and not torch.is_grad_enabled() else None
+        parts = []
+        for e in chunks:
+            scores = torch.bmm(q[e], self.tokens[e].transpose(1, 2))  # [G', R X, L]
+            if rstd is not None:  # r_t * scores + padding bias in one pass over [G', R, X, L]
+                scores = scores.view(-1, r, n_x, l)
+                scores = (torch.addcmul(bias[e].unsqueeze(1), scores, rstd[e].unsqueeze(2)) if bias is not None
+                          else scores * rstd[e].unsqueeze(2)).view(-1, r * n_x, l)
+            elif bias is not None:
+                scores = scores + bias[e]
+            parts.append(self._weighted(torch.softmax(scores, dim=-1), e, n_x, key_mask, rstd,
+                                        None if out is None else out[e]))
+        return self.groups.unpad(out if out is not None else parts[0] if len(parts) == 1 else torch.cat(parts))
+
+    def attend_uniform(self, n_x: int, key_mask: Tensor | None) -> Tensor:
+        """Every valid key the same weight (``attentive=False``), ``n_x`` query rows per row."""
+        g, l, _ = self.tokens.shape
+        r, rstd = self.groups.slots, self.rstd()
+        if key_mask is None:
+            weights = self.tokens.new_full((g, r * n_x, l), 1.0 / l)
+        else:
+            valid = key_mask.to(self.tokens.dtype)
+            weights = (valid / valid.sum(-1, keepdim=True).clamp_min(1.0))[:, None, :].repeat(1, r * n_x, 1)
+        return self.groups.unpad(self._weighted(weights, slice(0, g), n_x, key_mask, rstd))
+
+    def _weighted(self, weights: Tensor, e: slice, n_x: int, key_mask: Tensor | None, rstd: Tensor | None,
+                  out: Tensor | None = None) -> Tensor:
+        """``sum_t a_t K_t`` per query row of the groups ``e`` from their weights ``a`` ``[G', R X, L]``
+        -> ``[G', R, X, d]`` (padded layout; written into ``out`` when given, in place, no graph)."""
+        l, d = self.tokens.shape[1:]
+        r = self.groups.slots
+        gate = self.padded_gate()[e].unsqueeze(2)
+        valid = None if key_mask is None else key_mask[e].any(-1).to(weights.dtype)[:, None, None, None]
+        if not torch.is_grad_enabled():  # scoring: in place, the softmax's output is needed by no graph
+            if rstd is not None:
+                weights.view(-1, r, n_x, l).mul_(rstd[e].unsqueeze(2))
+            u = torch.bmm(weights, self.tokens[e], out=None if out is None else out.view(-1, r * n_x, d))
+            u = u.view(-1, r, n_x, d).mul_(gate)
+            if self.norm is not None:
+                u.sub_(u.mean(-1, keepdim=True)).mul_(self.norm.weight).add_(self.norm.bias)
+            return u if valid is None else u.mul_(valid)  # a group without a valid key: zero output
+        if rstd is not None:
+            weights = (weights.view(-1, r, n_x, l) * rstd[e].unsqueeze(2)).view(-1, r * n_x, l)
+        u = torch.bmm(weights, self.tokens[e]).view(-1, r, n_x, d) * gate
+        if self.norm is not None:
+            u = (u - u.mean(-1, keepdim=True)) * self.norm.weight + self.norm.bias
+        return u if valid is None else u * valid
+
+
+# Scores of this many floats (2 MiB in float32) are attended at a time: the [sets, queries, keys]
+# temporaries of a large call then stay in cache between the score matmul, the softmax and the
+# weighted sum (halves the folded block-2 pass at 200 candidates per request on one core).
+ATTENTION_CHUNK_FLOATS = 1 << 19
+
+
+def attention_chunks(n_sets: int, floats_per_set: int, device: torch.device | str = "cpu") -> list[slice]:
+    """Slices of the key sets, each holding about :data:`ATTENTION_CHUNK_FLOATS` scores (at least one
+    set); one slice off the CPU (a GPU has no such cache to keep, and every chunk costs launches)."""
+    if torch.device(device).type != "cpu":
+        return [slice(0, n_sets)]
+    step = max(1, ATTENTION_CHUNK_FLOATS // max(floats_per_set, 1))
+    return [slice(i, min(i + step, n_sets)) for i in range(0, n_sets, step)]
 
 
 class MultiHeadCrossAttention(nn.Module):
@@ -375,39 +522,87 @@ class MultiHeadCrossAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=False) if attentive else None
         self.v_proj = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, query: Tensor, keys: Tensor, key_mask: Tensor | None = None,
+    def forward(self, query: Tensor, keys: "Tensor | GatedKeys", key_mask: Tensor | None = None,
                 groups: RowGroups | None = None) -> Tensor:
         """``query [B, Q, d]``, ``keys [B, L, d]``, ``key_mask [B, L]`` -> ``[B, Q, d]``
-        (``keys [G, L, d]`` and ``key_mask [G, L]`` with ``groups``)."""
+        (``keys [G, L, d]`` and ``key_mask [G, L]`` with ``groups``; :class:`GatedKeys` carry their own
+        groups and are attended without being built)."""
+        n_q = query.shape[1]
+        if not self.attentive:
+            return self.values(attend_uniform(self.n_heads * n_q, keys, key_mask, groups), n_q)
+        return self.values(attend_keys(self.keyspace(query), keys, key_mask, groups), n_q)
+
+    def keyspace(self, query: Tensor) -> Tensor:
+        """``query [B, Q, d]`` -> ``q_h W_Q,h W_K,h^T / sqrt(d_k)`` per head, ``[B, H Q, d]`` (head-major):
+        queries in the space of the raw keys. Attentions over the same keys can concatenate these
+        along the second axis and share one :func:`attend_keys` (INFNet's blocks do)."""
         b, n_q, d = query.shape
-        n_k, h, dh = keys.shape[1], self.n_heads, self.head_dim
-        # Rows of the key sets: [K, X, d] queries against [K, L, d] keys, X queries per key set.
-        n_sets, per_set = (groups.n_groups, groups.slots * h * n_q) if groups is not None else (b, h * n_q)
-        if self.attentive:
-            q = self.q_proj(query).view(b, n_q, h, dh)
-            q_keyspace = torch.einsum("bqhe,hed->bhqd", q, self.k_proj.weight.view(h, dh, d)) / math.sqrt(dh)
-            q_keyspace = q_keyspace.reshape(b, h * n_q, d)
-            if groups is not None:
-                q_keyspace = groups.pad(q_keyspace).view(n_sets, per_set, d)
-        else:
-            q_keyspace = None
-        # Padding as an additive bias fused into the score matmul: half the dtype's minimum stays
-        # finite, so a set with no valid key gets uniform (finite) weights, zeroed below.
-        bias = (None if key_mask is None else
-                (~key_mask).to(keys.dtype)[:, None, :] * (torch.finfo(keys.dtype).min / 2))
-        if q_keyspace is None:
-            scores = query.new_zeros((n_sets, per_set, n_k)) if bias is None else bias.expand(n_sets, per_set, n_k)
-        elif bias is None:
-            scores = torch.bmm(q_keyspace, keys.transpose(1, 2))
-        else:
-            scores = torch.baddbmm(bias, q_keyspace, keys.transpose(1, 2))
-        context = torch.bmm(torch.softmax(scores, dim=-1), keys)  # weighted raw keys, [K, X, d]
-        if key_mask is not None:  # no valid key: zero output (on [K, X, d], not the [K, X, L] weights)
-            context = context * key_mask.any(-1).to(context.dtype)[:, None, None]
-        if groups is not None:
-            context = groups.unpad(context.view(n_sets, groups.slots, h * n_q, d))
+        h, dh = self.n_heads, self.head_dim
+        q = self.q_proj(query).view(b, n_q, h, dh)
+        q_keyspace = torch.einsum("bqhe,hed->bhqd", q, self.k_proj.weight.view(h, dh, d)) / math.sqrt(dh)
+        return q_keyspace.reshape(b, h * n_q, d)
+
+    def values(self, context: Tensor, n_q: int) -> Tensor:
+        """Weighted raw keys ``[B, H Q, d]`` -> ``W_V,h`` per head, heads concatenated: ``[B, Q, d]``."""
+        b, h, dh, d = context.shape[0], self.n_heads, self.head_dim, self.dim
         context = context.reshape(b, h, n_q, d)
         return torch.einsum("bhqd,hed->bqhe", context, self.v_proj.weight.view(h, dh, d)).reshape(b, n_q, d)
+
+
+def _padding_bias(key_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Padding as an additive bias ``[K, 1, L]`` fused into the score matmul: half the dtype's minimum
+    stays finite, so a set with no valid key gets uniform (finite) weights, zeroed after."""
+    return None if key_mask is None else (~key_mask).to(dtype)[:, None, :] * (torch.finfo(dtype).min / 2)
+
+
+def attend_keys(q_keyspace: Tensor, keys: "Tensor | GatedKeys", key_mask: Tensor | None = None,
+                groups: RowGroups | None = None) -> Tensor:
+    """``softmax(q K^T) K`` per query row: key-space queries ``[B, X, d]`` (see
+    :meth:`MultiHeadCrossAttention.keyspace`) over raw keys ``[B, L, d]`` (``[G, L, d]`` with
+    ``groups``; :class:`GatedKeys` carry their own) -> weighted raw keys ``[B, X, d]``, zero for a
+    row without a valid key."""
+    if isinstance(keys, GatedKeys):
+        return keys.attend(q_keyspace, key_mask)
+    b, n_x, d = q_keyspace.shape
+    if groups is not None:  # [G, R X, d] queries against [G, L, d] keys, R rows per key set
+        q_keyspace = groups.pad(q_keyspace).view(groups.n_groups, groups.slots * n_x, d)
+    bias = _padding_bias(key_mask, keys.dtype)
+    chunks = attention_chunks(keys.shape[0], q_keyspace.shape[1] * keys.shape[1], keys.device)
+    # scoring (no graph): every chunk writes its slice of one output (no concatenation)
+    context = (q_keyspace.new_empty((keys.shape[0], q_keyspace.shape[1], d))
+               if len(chunks) > 1 and not torch.is_grad_enabled() else None)
+    parts = []
+    for e in chunks:
+        if bias is None:
+            scores = torch.bmm(q_keyspace[e], keys[e].transpose(1, 2))
+        else:
+            scores = torch.baddbmm(bias[e], q_keyspace[e], keys[e].transpose(1, 2))
+        weights = torch.softmax(scores, dim=-1)  # then the weighted raw keys, [K', X, d]
+        parts.append(torch.bmm(weights, keys[e], out=None if context is None else context[e]))
+    if context is None:
+        context = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if key_mask is not None:  # no valid key: zero output (on [K, X, d], not the [K, X, L] weights)
+        context = context * key_mask.any(-1).to(context.dtype)[:, None, None]
+    if groups is not None:
+        context = groups.unpad(context.view(groups.n_groups, groups.slots, n_x, d))
+    return context
+
+
+def attend_uniform(n_x: int, keys: "Tensor | GatedKeys", key_mask: Tensor | None = None,
+                   groups: RowGroups | None = None) -> Tensor:
+    """Every valid key the same weight (the no-cross-attention ablation): ``[B, n_x, d]``."""
+    if isinstance(keys, GatedKeys):
+        return keys.attend_uniform(n_x, key_mask)
+    n_sets, n_k = keys.shape[0], keys.shape[1]
+    per_set = groups.slots * n_x if groups is not None else n_x
+    bias = _padding_bias(key_mask, keys.dtype)
+    scores = keys.new_zeros((n_sets, per_set, n_k)) if bias is None else bias.expand(n_sets, per_set, n_k)
+    context = torch.bmm(torch.softmax(scores, dim=-1), keys)
+    if key_mask is not None:
+        context = context * key_mask.any(-1).to(context.dtype)[:, None, None]
+    if groups is not None:
+        context = groups.unpad(context.view(groups.n_groups, groups.slots, n_x, keys.shape[-1]))
+    return context
 
 
 class LastDimPReLU(nn.Module):

@@ -172,7 +172,8 @@ class TensorBatches:
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int = 1024, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False) -> None:
-        self.tensors, self.batch_size, self.shuffle, self.seed, self.drop_last = tensors, int(batch_size), shuffle, seed, drop_last
+        self.tensors, self.batch_size, self.shuffle = tensors, int(batch_size), shuffle
+        self.seed, self.drop_last = seed, drop_last
         self.epoch = 0
         self.num_rows = len(next(iter(tensors.values())))
 

@@ -1,6 +1,7 @@
 """Offline ranking metrics in numpy: the definitions training, the paired bootstrap and the tests read.
 
-No Spark here: training computes its validation AUC / gAUC with these without loading pyspark.
+No Spark here: training computes its validation AUC / gAUC with these without loading pyspark
+(:func:`task_metrics`, the per-task summary of one evaluation of the training loop).
 The Spark twins and the definitions' prose live in :mod:`evaluation.metrics`, which re-exports
 these and whose tests hold both to 1e-9 and to scikit-learn.
 
@@ -15,13 +16,16 @@ metric returns a (B,) array.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-LOGLOSS_EPS = 1e-7
+from features.spec import FeatureSpec
 
+LOGLOSS_EPS = 1e-7
 
 
 def _weights(weights, n: int) -> tuple[np.ndarray, bool]:
@@ -145,3 +149,48 @@ def r2_np(labels, preds, weights=None):
     sst = (w * (y[None, :] - mean_y[:, None]) ** 2).sum(1)
     sse = w @ (p - y) ** 2
     return _out(np.where(sst > 1e-12 * np.maximum(1.0, w @ (y * y)), 1.0 - _div(sse, sst), np.nan), squeeze)
+
+
+def task_metrics(spec: FeatureSpec, preds: np.ndarray, labels: np.ndarray, masks: np.ndarray,
+                 users: np.ndarray | None) -> dict[str, Any]:
+    """Per task: AUC and gAUC (binary) or RMSE (regression) on masked rows; plus ``mtl_auc``, the
+    mean AUC over the binary tasks (the training loop's early-stopping score).
+
+    ``preds``, ``labels``, ``masks``: ``[N, T]`` in the order of ``spec.tasks``; ``preds`` may be
+    logits: AUC and gAUC only depend on the order of the scores. ``users``: ``[N]`` (None: no gAUC).
+    """
+    out: dict[str, Any] = {}
+    aucs = []
+    for i, task in enumerate(spec.tasks):
+        m = masks[:, i] > 0
+        y, s = labels[m, i], preds[m, i]
+        if task.kind == "binary":
+            auc = float(auc_np(y, s)) if len(y) else float("nan")
+            gauc = float(gauc_np(users[m], y, s).value) if users is not None and len(y) else float("nan")
+            out[task.name] = {"auc": auc, "gauc": gauc, "n": int(m.sum()),
+                              "positive_rate": float(y.mean()) if len(y) else float("nan")}
+            if not math.isnan(auc):
+                aucs.append(auc)
+        else:
+            out[task.name] = {"rmse": float(np.sqrt(np.mean((s - y) ** 2))) if len(y) else float("nan"), "n": int(m.sum())}
+    out["mtl_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    return out
+
+
+def format_metrics(metrics: dict) -> str:
+    """A small text table of a training run's metrics: task, valid AUC, test AUC, test gAUC.
+
+    >>> print(format_metrics({"valid": {"click": {"auc": 0.7}, "mtl_auc": 0.7}, "test": {}}))
+    task         valid AUC  test AUC test gAUC
+    click           0.7000       nan       nan
+    mean            0.7000       nan
+    """
+    lines = [f"{'task':<12}{'valid AUC':>10}{'test AUC':>10}{'test gAUC':>10}"]
+    valid, test = metrics.get("valid") or {}, metrics.get("test") or {}
+    for task, v in valid.items():
+        if isinstance(v, dict) and "auc" in v:
+            t = test.get(task, {})
+            lines.append(f"{task:<12}{v['auc']:>10.4f}{t.get('auc', float('nan')):>10.4f}"
+                         f"{t.get('gauc', float('nan')):>10.4f}")
+    lines.append(f"{'mean':<12}{valid.get('mtl_auc', float('nan')):>10.4f}{test.get('mtl_auc', float('nan')):>10.4f}")
+    return "\n".join(lines)

@@ -5,7 +5,9 @@ The objective is a weighted sum of task scores, ``sum_t weight_t * score_t``. Th
 each: the expected number of positive actions a candidate earns. :func:`top_k` keeps, per (date,
 user), the K candidates with the highest objective; a video the user got in several requests of
 the date counts once, at its best; ties are broken by ``video_id`` (then ``request_id``), so a
-rerun gives the same list.
+rerun gives the same list. :func:`top_k_by` is that cut for any order (the replay's baselines,
+evaluation/lists.py, use it too); :func:`ranked_lists` is the rank job's step: a date's scores of
+one model version -> its ``recommendations`` rows.
 
 One more term may join the sum: ``retrieval=W`` adds ``W * retrieval_score`` (the retrieval
 stage's fused reciprocal-rank score, 0 when a candidate has none). The task scores are
@@ -13,10 +15,22 @@ probabilities *given the video is shown*; the retrieval score carries what the m
 which videos get shown and engaged with at all (popularity, co-visitation), so a blend can rank
 better than either alone on replay.
 
+A model trained on the entire space (features/space.py) also scores ``exposed``: P(the user is
+shown the video | it is a candidate). The task scores are P(action | shown), so
+``exposed*TASK=W,...`` multiplies the task terms by ``score_exposed``:
+``P(exposed) x sum_t w_t P(t | shown)``, the expected number of positive actions *if listed*
+(ESMM's pCTCVR = pCTR x pCVR over the whole space). Its name is :data:`NAMED_OBJECTIVES`'s
+``expected_actions``. A ``retrieval`` term stays outside the product.
+
 >>> parse_objective("click=1, long_view=2,like=5")
 (('click', 1.0), ('long_view', 2.0), ('like', 5.0))
 >>> objective_spec((("click", 1.0), ("like", 0.5)))
 'click=1,like=0.5'
+>>> w = parse_objective("expected_actions")
+>>> w
+(('exposed*', 1.0), ('click', 1.0), ('long_view', 1.0), ('like', 1.0))
+>>> objective_spec(w), objective_tasks(w)
+('exposed*click=1,long_view=1,like=1', ['exposed', 'click', 'long_view', 'like'])
 """
 from __future__ import annotations
 
@@ -29,11 +43,21 @@ from conf.tables import score_column
 
 Objective = tuple[tuple[str, float], ...]
 RETRIEVAL_TERM = "retrieval"  # objective term over the candidate's retrieval_score, not a task score
+MULTIPLIER = "*"  # "exposed*click=1,...": the task terms times score_exposed; kept as the term ("exposed*", 1.0)
+NAMED_OBJECTIVES = {"expected_actions": "exposed*click=1,long_view=1,like=1"}
 
 
 def parse_objective(text: str) -> Objective:
-    """``"click=1,long_view=2,like=5"`` -> weights; a malformed term is a ``ValueError``."""
+    """``"click=1,long_view=2,like=5"`` (optionally ``TASK*`` first, a name of
+    :data:`NAMED_OBJECTIVES`) -> weights; a malformed term is a ``ValueError``."""
+    text = NAMED_OBJECTIVES.get(text.strip(), text)
     weights = []
+    head, star, rest = text.partition(MULTIPLIER)
+    if star:
+        if not head.strip() or "=" in head or "," in head:
+            raise ValueError(f"expected TASK*TASK=WEIGHT,..., got {text!r}")
+        weights.append((head.strip() + MULTIPLIER, 1.0))
+        text = rest
     for term in (t.strip() for t in text.split(",") if t.strip()):
         task, sep, value = term.partition("=")
         try:
@@ -43,7 +67,7 @@ def parse_objective(text: str) -> Objective:
         if not sep or not task.strip() or weight is None:
             raise ValueError(f"expected TASK=WEIGHT terms separated by commas, got {term!r} in {text!r}")
         weights.append((task.strip(), weight))
-    if not weights:
+    if not [t for t, _ in weights if not t.endswith(MULTIPLIER)]:
         raise ValueError(f"an objective needs at least one TASK=WEIGHT, got {text!r}")
     if len({t for t, _ in weights}) != len(weights):
         raise ValueError(f"a task appears twice in the objective {text!r}")
@@ -51,19 +75,44 @@ def parse_objective(text: str) -> Objective:
 
 
 def objective_spec(weights: Objective) -> str:
-    return ",".join(f"{t}={w:g}" for t, w in weights)
+    head = "".join(t for t, _ in weights if t.endswith(MULTIPLIER))
+    return head + ",".join(f"{t}={w:g}" for t, w in weights if not t.endswith(MULTIPLIER))
+
+
+def objective_tasks(weights: Objective) -> list[str]:
+    """The tasks whose ``score_<task>`` the objective reads (the multiplier first)."""
+    return [t.rstrip(MULTIPLIER) for t, _ in weights if t != RETRIEVAL_TERM]
 
 
 def objective_column(weights: Objective) -> Column:
     """``sum_t weight_t * score_<t>`` (null when a weighted score is null), plus ``weight *
     retrieval_score`` for a ``retrieval`` term (0 for a candidate without one)."""
-    total = None
+    tasks, retrieval = None, None
     for task, weight in weights:
-        value = (F.coalesce(F.col("retrieval_score"), F.lit(0.0)) if task == RETRIEVAL_TERM
-                 else F.col(score_column(task)))
-        term = F.lit(float(weight)) * value
-        total = term if total is None else total + term
-    return total
+        if task.endswith(MULTIPLIER) or task == RETRIEVAL_TERM:
+            continue
+        term = F.lit(float(weight)) * F.col(score_column(task))
+        tasks = term if tasks is None else tasks + term
+    for task, weight in weights:
+        if task.endswith(MULTIPLIER):
+            tasks = F.col(score_column(task.rstrip(MULTIPLIER))) * tasks
+        elif task == RETRIEVAL_TERM:
+            retrieval = F.lit(float(weight)) * F.coalesce(F.col("retrieval_score"), F.lit(0.0))
+    if retrieval is None:
+        return tasks
+    return retrieval if tasks is None else tasks + retrieval
+
+
+def top_k_by(rows: DataFrame, order: Sequence[Column], k: int, group: Sequence[str] = ("date", "user_id"),
+             tie_break: Sequence[str] = ()) -> DataFrame:
+    """``rows`` + ``rank`` (1 = best): per ``group`` the best ``k`` distinct videos by ``order`` (a
+    video in several rows of the group counts once, at its best position; ties broken by
+    ``video_id``, then by the ``tie_break`` columns)."""
+    after = [F.col(c) for c in tie_break]
+    once = Window.partitionBy(*group, "video_id").orderBy(*order, *after)
+    rows = rows.withColumn("_best", F.row_number().over(once)).where(F.col("_best") == 1).drop("_best")
+    ranked = Window.partitionBy(*group).orderBy(*order, F.col("video_id"), *after)
+    return rows.withColumn("rank", F.row_number().over(ranked)).where(F.col("rank") <= int(k))
 
 
 def top_k(scores: DataFrame, weights: Objective, k: int, group: Sequence[str] = ("date", "user_id")) -> DataFrame:
@@ -72,7 +121,59 @@ def top_k(scores: DataFrame, weights: Objective, k: int, group: Sequence[str] = 
     are left out (count them before calling)."""
     rows = scores.withColumn("objective", objective_column(weights).cast("double"))
     rows = rows.where(F.col("objective").isNotNull() & ~F.isnan("objective"))
-    once = Window.partitionBy(*group, "video_id").orderBy(F.col("objective").desc(), F.col("request_id"))
-    rows = rows.withColumn("_best", F.row_number().over(once)).where(F.col("_best") == 1).drop("_best")
-    order = Window.partitionBy(*group).orderBy(F.col("objective").desc(), F.col("video_id"), F.col("request_id"))
-    return rows.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= int(k))
+    return top_k_by(rows, [F.col("objective").desc()], k, group, tie_break=("request_id",))
+
+
+class RankingInputError(ValueError):
+    """The lake lacks what a ranking needs (no scores of the model, tasks of the objective unscored)."""
+
+
+def ranked_lists(spark, settings, model, date: str, source: str, weights: Objective, k: int):
+    """The ``recommendations`` rows of one model version (``model``: a pinned reference with
+    ``name`` and ``version``) on one date (a DataFrame in RECOMMENDATIONS_SCHEMA order), the list
+    entries kept, the scored candidates left out for a null / NaN objective and the scored
+    candidates in all. :class:`RankingInputError` when the scores are missing."""
+    import datetime as dt
+
+    from conf.lake import read_table, table_exists
+    from conf.schemas import RECOMMENDATIONS_SCHEMA
+    from conf.tables import CANDIDATES, SCORES
+
+    if not table_exists(spark, settings, SCORES):
+        raise RankingInputError(f"the scores table does not exist yet: run `infnet score --model {model} --date {date}` first")
+    scores = read_table(spark, settings, SCORES).where(
+        (F.col("date") == F.lit(date).cast("date")) & (F.col("model_name") == model.name)
+        & (F.col("model_version") == model.version))
+    scores = scores.where(F.col("source") == source)  # an older lake gained the column (conf.lake.upgrade_lake)
+    if scores.limit(1).count() == 0:
+        raise RankingInputError(f"no scores of {model} for {source} candidates on {date}: run `infnet build_candidates "
+                                f"--source {source} --date {date}` and `infnet score --model {model} --source {source} "
+                                f"--date {date}` first")
+    named = [t for t in objective_tasks(weights) if score_column(t) in scores.columns]
+    scored = scores.agg(*[F.count(score_column(t)).alias(t) for t in named]).first().asDict() if named else {}
+    # a column another model gave the table is there but null for this one (score_exposed)
+    missing = [t for t in objective_tasks(weights) if not scored.get(t)]
+    if missing:
+        raise RankingInputError(f"--objective names tasks without scores of {model}: {missing}"
+                                + (" (score_exposed needs a model trained on the entire space: build_features --feature "
+                                   "feature_time=request --feature exposure_negatives=N)" if "exposed" in missing else ""))
+    meta = (read_table(spark, settings, CANDIDATES)
+            .where((F.col("date") == F.lit(date).cast("date")) & (F.col("source") == source))
+            .groupBy(F.col("request_id").alias("_m_request"), F.col("video_id").alias("_m_video"))
+            .agg(F.first("channels").alias("channels"), F.max("retrieval_score").alias("retrieval_score")))
+    rows = scores.join(meta, (F.col("request_id") == F.col("_m_request")) & (F.col("video_id") == F.col("_m_video")),
+                       "left").withColumn("objective", objective_column(weights).cast("double")).cache()
+    n = rows.count()
+    dropped = rows.where(F.col("objective").isNull() | F.isnan("objective")).count()
+    best = top_k(rows, weights, k).cache()
+    kept = best.count()
+    rows.unpersist()
+    out = best.select(
+        *[(F.col(f.name) if f.name in best.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+          for f in RECOMMENDATIONS_SCHEMA.fields
+          if f.name not in ("objective_spec", "ranked_at", "source", "model_name", "model_version")],
+        F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
+        F.lit(source).alias("source"), F.lit(objective_spec(weights)).alias("objective_spec"),
+        F.lit(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).alias("ranked_at"),
+    )
+    return out.select(*[F.col(f.name).cast(f.dataType) for f in RECOMMENDATIONS_SCHEMA.fields]), kept, dropped, n

@@ -7,8 +7,10 @@ model keeps its dataclass in ``model.config`` and ``model.config_dict()`` gives 
 >>> from features.spec import demo_spec
 >>> from model.base import random_batch
 >>> spec = demo_spec(seq_len=4)
->>> MODEL_NAMES
-('infnet', 'shared_bottom', 'mmoe', 'omoe', 'ple', 'stem', 'dcnv2', 'din', 'deepfm')
+>>> MODEL_NAMES  # doctest: +NORMALIZE_WHITESPACE
+('infnet', 'shared_bottom', 'mmoe', 'omoe', 'ple', 'stem', 'dcnv2', 'din', 'deepfm', 'hstu', 'cgc',
+ 'wide_deep', 'fm', 'xdeepfm', 'autoint', 'fibinet', 'nfm', 'afm', 'pnn', 'gdcn', 'dien', 'dsin',
+ 'sim', 'bst')
 >>> model = build_model("mmoe", spec, {"n_experts": 2, "expert_hidden": [32]}, seed=0)
 >>> type(model).__name__, model.config.expert_hidden, model(random_batch(spec, 5)).shape
 ('MMoE', (32,), torch.Size([5, 4]))
@@ -32,22 +34,52 @@ import torch
 from features.spec import FeatureSpec
 from model.base import RankingModel
 from model.baselines import (
+    AFM,
+    BST,
+    CGC,
+    DIEN,
     DIN,
+    FM,
+    GDCN,
+    NFM,
+    PNN,
     MMoE,
     PLE,
+    AFMConfig,
+    AutoInt,
+    AutoIntConfig,
+    BSTConfig,
+    CGCConfig,
     DCNv2,
     DCNv2Config,
     DeepFM,
     DeepFMConfig,
+    DIENConfig,
     DINConfig,
+    DSIN,
+    DSINConfig,
+    FiBiNET,
+    FiBiNETConfig,
+    FMConfig,
+    GDCNConfig,
+    HSTU,
+    HSTUConfig,
     MMoEConfig,
+    NFMConfig,
     OMoE,
     OMoEConfig,
     PLEConfig,
+    PNNConfig,
+    SIM,
+    SIMConfig,
     STEM,
     STEMConfig,
     SharedBottom,
     SharedBottomConfig,
+    WideDeep,
+    WideDeepConfig,
+    XDeepFM,
+    XDeepFMConfig,
 )
 from model.infnet import INFNet, INFNetConfig
 
@@ -61,6 +93,21 @@ _REGISTRY: dict[str, tuple[type[RankingModel], type]] = {
     "dcnv2": (DCNv2, DCNv2Config),
     "din": (DIN, DINConfig),
     "deepfm": (DeepFM, DeepFMConfig),
+    "hstu": (HSTU, HSTUConfig),
+    "cgc": (CGC, CGCConfig),
+    "wide_deep": (WideDeep, WideDeepConfig),
+    "fm": (FM, FMConfig),
+    "xdeepfm": (XDeepFM, XDeepFMConfig),
+    "autoint": (AutoInt, AutoIntConfig),
+    "fibinet": (FiBiNET, FiBiNETConfig),
+    "nfm": (NFM, NFMConfig),
+    "afm": (AFM, AFMConfig),
+    "pnn": (PNN, PNNConfig),
+    "gdcn": (GDCN, GDCNConfig),
+    "dien": (DIEN, DIENConfig),
+    "dsin": (DSIN, DSINConfig),
+    "sim": (SIM, SIMConfig),
+    "bst": (BST, BSTConfig),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 

@@ -22,6 +22,11 @@ moves rows to Python fastest), and the worker gathers them into model calls of
 Categorical and sequence ids outside their vocabulary are mapped to the reserved 0 *and counted*
 (per column, in the ``out_of_range`` accumulator the score job reports).
 
+The score job's steps on a Spark session (``infnet score``, jobs/score.py): :func:`check_model_spec`
+(the model's features are the ones the candidates get), :func:`date_udf_input` (candidate
+features from the bronze tables, :func:`featurise`, as the rows the UDF receives, by layout:
+:func:`udf_input`) and :func:`score_date` (one model on one date into ``scores``, count checked).
+
 >>> from features.spec import demo_spec
 >>> output_schema_ddl(demo_spec(), ["request_id"])
 'request_id string, score_click double, score_like double, score_long_view double, score_play_time double'
@@ -30,6 +35,7 @@ Categorical and sequence ids outside their vocabulary are mapped to the reserved
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -58,7 +64,9 @@ class ScoringSettings:
     batch_rows: int = _RANKING.cpu_batch_candidates  # candidates per Arrow batch Spark ships (~1k measured fastest)
     reuse_user_side: bool = True
     udf: str = "arrow"  # "arrow" (mapInArrow) | "pandas" (mapInPandas); same worker function
-    layout: str = "flat"  # "flat": one row per candidate | "packed": one row per request (pack_requests)
+    # "flat": one row per candidate | "packed": one row per request (pack_requests). Flat here, the
+    # shape of rows a caller builds itself; the score job's default is RankingSettings.scoring_layout
+    layout: str = "flat"
     device: str = "auto"  # "auto": the task's GPU if Spark assigned one, else CUDA if present, else CPU
     torch_threads: int | None = None  # None: what Spark gives a task (OMP_NUM_THREADS / spark.task.cpus)
     batch_candidates: int | None = None  # candidates per model call; None: by device (below)
@@ -281,3 +289,174 @@ def counts_accumulator(spark):
 
     Counted where the ids are mapped, in the workers; a task Spark re-runs counts again."""
     return spark.sparkContext.accumulator({}, CountsParam())
+
+
+# -- the score job's steps on a Spark session --------------------------------------------------------
+
+# Spark types of the key columns the UDF passes through to ``scores`` (the rest are strings)
+KEY_TYPES = {"request_id": "string", "impression_id": "string", "user_id": "bigint", "video_id": "bigint"}
+
+
+class ScoringError(RuntimeError):
+    """A date's scores do not match its candidates (rows lost or duplicated on the way)."""
+
+
+def check_model_spec(spark, settings, info, feature_version: int) -> None:
+    """The model's spec (``info``: ``model.store`` info) must be the examples table's at
+    ``feature_version`` *and* the spec these settings featurise candidates with (features are
+    built from settings, checked by fingerprint); else ``features.spec.FeatureSpecMismatch``
+    saying what to rebuild."""
+    from features.examples import build_spec, featuriser_vocabulary, load_feature_spec
+    from features.spec import FeatureSpecMismatch, check_compatible
+    from model.store import check_spec
+
+    try:
+        check_spec(info, load_feature_spec(spark, settings, feature_version))
+        # candidates are always featurised at their request time: how the training rows were (the
+        # spec's training options) and the tasks are the model's own business
+        check_compatible(info.spec.serving_view(), build_spec(settings, featuriser_vocabulary(spark, settings, None))
+                         .serving_view(), what=f"model {info.ref} vs the scoring settings' features")
+    except FeatureSpecMismatch as err:
+        raise FeatureSpecMismatch(f"{err}. Retrain {info.name} on the current examples or rebuild features with "
+                                  "its spec; nothing was written") from None
+
+
+def featurise(spark, settings, candidates, max_request_time: int):
+    """Per-key candidate features (``features.candidate_features``) from the bronze tables,
+    events before the last request time only."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table
+    from conf.tables import BRONZE_HISTORY, BRONZE_LOG, BRONZE_USERS, BRONZE_VIDEOS
+    from features.candidate_features import featurise_candidates
+
+    last_date = candidates.agg(F.max("date")).first()[0]
+    # nothing at or after the latest request time is visible to any candidate: skip reading it
+    events = read_table(spark, settings, BRONZE_LOG).where(
+        (F.col("date") <= F.lit(last_date)) & (F.col("time_ms") < F.lit(int(max_request_time))))
+    return featurise_candidates(candidates, events, read_table(spark, settings, BRONZE_USERS),
+                                read_table(spark, settings, BRONZE_VIDEOS), read_table(spark, settings, BRONZE_HISTORY),
+                                settings)
+
+
+def candidate_counts(candidates):
+    """One row of a date's candidates: ``n`` (rows), ``requests``, ``last`` (the latest request
+    time) and ``sources`` (sorted)."""
+    from pyspark.sql import functions as F
+
+    return candidates.agg(F.count(F.lit(1)).alias("n"), F.countDistinct("request_id").alias("requests"),
+                          F.max("request_time_ms").alias("last"),
+                          F.sort_array(F.collect_set("source")).alias("sources")).first()
+
+
+@contextlib.contextmanager
+def date_udf_input(spark, settings, candidates, counts, scoring: ScoringSettings, max_candidates_per_row: int,
+                   models: int = 1):
+    """While open: the UDF input rows of a date's ``candidates`` (``counts``:
+    :func:`candidate_counts`) and the features' reserved-bucket report. The features are computed
+    once per key and date (:func:`featurise`), shared by the ``models`` scored inside, and the
+    session ships Arrow batches of about ``scoring.batch_rows`` candidates; its own setting, and
+    the cached features, are dropped on leaving."""
+    from conf.spark import session_conf
+    from features.candidates import records_per_arrow_batch
+
+    features = featurise(spark, settings, candidates, counts["last"]).cache()
+    report = features.input_report()
+    rows = udf_input(spark, features, scoring.layout, max_candidates_per_row)
+    if models > 1:
+        rows = rows.cache()
+    records = records_per_arrow_batch(scoring.layout, scoring.batch_rows, counts["n"], counts["requests"])
+    try:
+        with session_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", str(records)):
+            yield rows, report
+    finally:
+        rows.unpersist()
+        features.unpersist()
+
+
+def udf_input(spark, features, layout: str, max_candidates_per_row: int):
+    """The rows the scoring UDF receives from :func:`featurise`'s features: one per request
+    (``"packed"``, a request over ``max_candidates_per_row`` split over rows) or one per candidate
+    (``"flat"``)."""
+    from features.candidate_features import PASSTHROUGH
+
+    if layout == "packed":
+        return features.packed(PASSTHROUGH, max_candidates_per_row)
+    # a request's candidates sit together so the user side is encoded once per request per batch
+    n_parts = max(spark.sparkContext.defaultParallelism, 1)
+    return features.flat(PASSTHROUGH).repartition(n_parts, "request_id").sortWithinPartitions("request_id")
+
+
+@dataclass(frozen=True)
+class ScoredDate:
+    """What :func:`score_date` wrote."""
+
+    n_scored: int
+    version: int  # of the scores table
+    out_of_vocabulary: dict  # column -> ids mapped to 0 (sorted by column)
+
+
+def score_date(spark, settings, info, date: str, rows, candidates, n_candidates: int, sources: Sequence[str],
+               scoring: ScoringSettings, feature_version: int, source: str = "all") -> ScoredDate:
+    """Score one model (``info``: ``model.store`` info) on one date's UDF input ``rows``
+    (:func:`udf_input`) and replace its slice of ``scores`` (date, model, version, and ``source``
+    unless ``"all"``). ``candidates``: the date's candidates, joined for their source when they
+    have several (``sources``); :class:`ScoringError` unless ``n_candidates`` rows were written."""
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from conf.lake import read_table, write_table
+    from conf.tables import SCORES
+    from features.candidate_features import PASSTHROUGH
+
+    out_of_range = counts_accumulator(spark)
+    scorer = make_batch_scorer(settings.lake.model_store, info.ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
+    ddl = output_schema_ddl(info.spec, PASSTHROUGH, KEY_TYPES)
+    scored = rows.mapInPandas(scorer, ddl) if scoring.udf == "pandas" else rows.mapInArrow(scorer, ddl)
+    if len(sources) == 1:  # the usual case: no join needed
+        scored = scored.withColumn("source", F.lit(sources[0]))
+    else:
+        keys = candidates.select(F.col("request_id").alias("_c_request"), F.col("video_id").alias("_c_video"),
+                                 F.col("impression_id").alias("_c_impression"), "source")
+        scored = scored.join(keys, (F.col("request_id") == F.col("_c_request"))
+                             & (F.col("video_id") == F.col("_c_video"))
+                             & F.col("impression_id").eqNullSafe(F.col("_c_impression")))
+    scores = scored.select(
+        "request_id", "impression_id", "user_id", "video_id",
+        F.lit(date).cast("date").alias("date"),
+        F.lit(info.name).alias("model_name"), F.lit(str(info.version)).alias("model_version"),
+        F.lit(feature_version).cast("long").alias("feature_version"),
+        F.lit(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)).alias("scored_at"),
+        *[F.col(score_column(t.name)) for t in info.spec.tasks],
+        "source",
+    )
+    where = {"date": date, "model_name": info.name, "model_version": str(info.version)}
+    if source != "all":
+        where["source"] = source
+    version = write_table(scores, settings, SCORES, where, merge_schema=True)  # score_exposed: entire-space models
+    ensure_probability_constraint(spark, settings, [t.name for t in info.spec.binary_tasks])
+    written = read_table(spark, settings, SCORES, version).where(
+        (F.col("date") == F.lit(date).cast("date")) & (F.col("model_name") == info.name)
+        & (F.col("model_version") == str(info.version)))
+    if source != "all":
+        written = written.where(F.col("source") == source)
+    n_scored = written.count()
+    if n_scored != n_candidates:
+        raise ScoringError(f"scored {n_scored} rows for {n_candidates} candidates on {date}")
+    return ScoredDate(n_scored, version, dict(sorted(out_of_range.value.items())))
+
+
+def ensure_probability_constraint(spark, settings, binary_tasks) -> None:
+    """Add the Delta CHECK constraint keeping binary scores in [0, 1] (once per table)."""
+    from conf.lake import qualified_name
+    from conf.tables import SCORES
+
+    table = qualified_name(settings, SCORES)
+    existing = {r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES {table}").collect()}
+    if "delta.constraints.scores_are_probabilities" in existing:
+        return
+    # only entire-space models score `exposed`: the others leave it null
+    cond = " AND ".join(f"({score_column(t)} IS NULL OR {score_column(t)} BETWEEN 0 AND 1)" if t == "exposed"
+                        else f"({score_column(t)} BETWEEN 0 AND 1)" for t in binary_tasks)
+    spark.sql(f"ALTER TABLE {table} ADD CONSTRAINT scores_are_probabilities CHECK ({cond})")

@@ -6,8 +6,14 @@ Layout: ``<lake>/models/<name>/<version>/`` with
 - ``feature_spec.json``: the spec the model expects (its fingerprint is in ``info.json``),
 - ``info.json``: architecture (registry name) + model config, training config, the Delta version
   of ``examples`` and the date split trained on, metrics, parameter count, code revision
-  (``git rev-parse HEAD`` or ``unknown``), ``created_at`` (UTC ISO). It is written last: a folder
-  without it is an unfinished save and is ignored.
+  (``git rev-parse HEAD`` or ``unknown``), ``created_at`` (UTC ISO), the SHA-256 of
+  ``weights.pt`` (``weights_sha256``). It is written last: a folder without it is an unfinished
+  save and is ignored.
+
+Loading verifies the checksum before torch reads a byte: a truncated or altered ``weights.pt``, or
+weights that no longer fit the architecture the code builds (a model saved by another code
+version), is a :class:`CorruptModel` naming the artifact and the difference. An artifact saved
+before checksums were recorded loads without that check.
 
 Versions are increasing integers, stored zero-padded (``000001``) so that folders sort, and
 written ``name@1`` in references (``name@000001`` is accepted too). On a local filesystem a save
@@ -18,7 +24,8 @@ no atomic rename: a save writes straight into the next version's folder, ``info.
 readers never see an unfinished version, but two saves of one name at once could claim the same
 number: keep saves of one model name serialised there (one train job per name at a time).
 
-References: ``name@version`` or ``name`` (the newest complete version).
+References: ``name@version`` or ``name`` (the newest complete version), parsed by
+:func:`conf.syntax.parse_ref`, the one rule the jobs and the DAGs share.
 
 >>> parse_ref("infnet@3"), parse_ref("infnet"), format_version(3)
 (('infnet', 3), ('infnet', None), '000003')
@@ -26,10 +33,10 @@ References: ``name@version`` or ``name`` (the newest complete version).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
-import re
 import subprocess
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -41,15 +48,19 @@ import torch
 from torch import nn
 
 from conf.storage import arrow_filesystem
+from conf.syntax import ModelRef, parse_ref
 from features.spec import FeatureSpec, check_compatible
 
 VERSION_DIGITS = 6
 WEIGHTS_FILE, SPEC_FILE, INFO_FILE = "weights.pt", "feature_spec.json", "info.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class ModelNotFound(FileNotFoundError):
     """No stored model matches a reference; the message lists what exists."""
+
+
+class CorruptModel(ValueError):
+    """A stored model's artifact cannot be used as it is (the message names the file and why)."""
 
 
 @dataclass
@@ -67,6 +78,7 @@ class ModelInfo:
     created_at: str
     parameters: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str | None = None  # None: saved before checksums were recorded
     spec: FeatureSpec | None = field(default=None, repr=False)
     path: str = ""
 
@@ -87,22 +99,6 @@ def _json_default(value):
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return str(value)
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``NAME@VERSION`` -> (name, version); ``NAME`` -> (name, None): the one parser of model references.
-
-    >>> parse_ref("mmoe@2"), parse_ref("infnet")
-    (('mmoe', 2), ('infnet', None))
-    """
-    name, sep, version = ref.partition("@")
-    if not _NAME_RE.match(name):
-        raise ValueError(f"bad model name {name!r} in reference {ref!r} (letters, digits, _ . -)")
-    if not sep:
-        return name, None
-    if not version.isdigit():
-        raise ValueError(f"bad model version {version!r} in {ref!r}: expected an integer, e.g. {name}@1")
-    return name, int(version)
 
 
 def format_version(version: int) -> str:
@@ -219,6 +215,7 @@ class ModelStore:
             date_split={k: list(v) for k, v in (date_split or {}).items()}, metrics=dict(metrics or {}),
             code_revision=code_revision(), created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             parameters=sum(p.numel() for p in model.parameters()), extra=dict(extra or {}), spec=spec,
+            weights_sha256=hashlib.sha256(buffer.getvalue()).hexdigest(),
         )
         if not isinstance(fs, pafs.LocalFileSystem):  # object store: no atomic rename, info.json last
             existing = _versions(fs, model_dir, complete_only=False)
@@ -265,6 +262,14 @@ class ModelStore:
         return name, version
 
 
+    def pin(self, ref: ModelRef) -> ModelRef:
+        """A reference with its version: a bare name becomes the newest version (ModelNotFound, a
+        FileNotFoundError the jobs print as one line, when there is none)."""
+        if ref.version is not None:
+            return ref
+        name, version = self.resolve(ref.name)
+        return ModelRef(name, str(version))
+
     def info(self, ref: str) -> ModelInfo:
         name, version = self.resolve(ref)
         fs, root = _fs(self.root)
@@ -274,10 +279,27 @@ class ModelStore:
         known = set(ModelInfo.__dataclass_fields__) - {"spec", "path"}
         info = ModelInfo(**{k: v for k, v in d.items() if k in known}, spec=spec, path=path)
         if spec.fingerprint() != info.spec_fingerprint:
-            raise ValueError(f"{info.ref}: stored feature spec does not match its recorded fingerprint "
+            raise CorruptModel(f"{info.ref}: stored feature spec does not match its recorded fingerprint "
                              "(corrupt artifact)")
         return info
 
+
+    def _read_weights(self, info: ModelInfo, map_location) -> dict[str, torch.Tensor]:
+        """``weights.pt`` of ``info``, its checksum verified first (:class:`CorruptModel` otherwise)."""
+        fs, _ = _fs(self.root)
+        path = f"{info.path}/{WEIGHTS_FILE}"
+        data = _read_bytes(fs, path)
+        if info.weights_sha256 is not None:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != info.weights_sha256:
+                raise CorruptModel(f"{info.ref}: {path} is not the file that was saved ({len(data):,} bytes, "
+                                   f"sha256 {digest[:12]}..., recorded {info.weights_sha256[:12]}...): "
+                                   "restore it or retrain")
+        try:
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch's unpickler raises many kinds on a bad file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CorruptModel(f"{info.ref}: {path} cannot be read as weights ({len(data):,} bytes): {first[:200]}") from None
 
     def load(self, ref: str, map_location: str | torch.device = "cpu",
                  expected_spec: FeatureSpec | None = None, builder=None) -> tuple[nn.Module, ModelInfo]:
@@ -285,20 +307,43 @@ class ModelStore:
 
         ``builder(architecture, spec, config)`` defaults to ``model.registry.build_model``.
         """
-        if builder is None:
-            from model.registry import build_model as builder
-
         info = self.info(ref)
         if expected_spec is not None:
             check_spec(info, expected_spec)
-        fs, _ = _fs(self.root)
-        state = torch.load(io.BytesIO(_read_bytes(fs, f"{info.path}/{WEIGHTS_FILE}")), map_location=map_location,
-                           weights_only=True)
-        model = builder(info.architecture, info.spec, info.model_config)
-        model.load_state_dict(state)
+        model = self.build_from_weights(info, map_location, builder)
         model.to(map_location)
         model.eval()
         return model, info
+
+    def build_from_weights(self, info: ModelInfo, map_location: str | torch.device = "cpu",
+                           builder=None) -> nn.Module:
+        """The model of ``info`` with its stored weights (a :class:`CorruptModel` when the file is not
+        the one saved or does not fit what the code builds); what :meth:`load` and a driver-side
+        check before scoring share."""
+        if builder is None:
+            from model.registry import build_model as builder
+
+        state = self._read_weights(info, map_location)
+        model = builder(info.architecture, info.spec, info.model_config)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # the weights' names or shapes are not what this code builds
+            missing, unexpected = _state_difference(model.state_dict(), state)
+            raise CorruptModel(f"{info.ref}: {info.path}/{WEIGHTS_FILE} does not fit the {info.architecture} this code "
+                               f"builds (saved by code {info.code_revision[:12]}): missing {missing or 'none'}, "
+                               f"unexpected {unexpected or 'none'}"
+                               + ("" if missing or unexpected else f", shapes differ: {str(err).splitlines()[-1].strip()}")
+                               ) from None
+        return model
+
+
+def _state_difference(expected: dict, got: dict, most: int = 3) -> tuple[str, str]:
+    """The first ``most`` parameter names missing from / unexpected in ``got``, as text."""
+    def names(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:most]) + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
+
+    return names(set(expected) - set(got)), names(set(got) - set(expected))
 
 
 def check_spec(info: ModelInfo, actual: FeatureSpec) -> None:

@@ -1,21 +1,13 @@
-"""The training loop: Adam, masked multi-task loss, early stopping on mean validation AUC.
+"""The training loop: Adam, the multi-task loss, early stopping on mean validation AUC.
 
 Every knob lives in :class:`TrainConfig` (defaults documented there); the model's own options go in
 the model config given to ``model.registry.build_model``, except ``dropout`` which ``TrainConfig``
 passes through so that a sweep changes one object.
 
-Loss (INFNet.md "Heads and loss"): ``L = Σ_i λ_i L_i`` over the spec's tasks, with ``L_i`` the
-BCE-with-logits of a binary task or the MSE of a regression task, each averaged over the rows whose
-``mask_<task>`` is set. ``λ_i`` = ``task_weights.get(name, 1.0)`` over :data:`DEFAULT_TASK_WEIGHTS`
-(``like`` = 10 where the spec has a ``like`` task; see :func:`resolve_task_weights`). With
-``uncertainty_weighting`` (Kendall et al. 2018) a learnable ``s_i = log σ_i²`` per task turns the
-sum into ``Σ λ_i (c_i e^{-s_i} L_i + s_i / 2)``, ``c_i`` = 1 for binary and 1/2 for regression tasks.
-With ``gradnorm`` (Chen et al. 2018) the weights ``w_i`` (starting at ``λ_i``) are learned by a second
-Adam (``gradnorm_lr``) so that each task's gradient norm on the model's last shared layer,
-``G_i = ||∇_W w_i L_i||`` (``RankingModel.last_shared_parameters``), tracks the mean norm scaled by the
-task's relative inverse training rate: ``L_grad = Σ_i |G_i - mean(G) r_i^α|``, ``r_i = (L_i / L_i(0)) /
-mean_j(L_j / L_j(0))``, the target held constant; after each step ``w`` is renormalised to ``Σ λ_i``.
-The network itself trains on ``Σ w_i L_i`` with ``w`` held constant.
+The loss is :class:`model.losses.MultiTaskLoss` (masked task losses; fixed weights over
+``model.losses.DEFAULT_TASK_WEIGHTS``, or learned with uncertainty weighting, GradNorm or Pareto:
+the formulas are in :mod:`model.losses`); the validation metrics are
+:func:`model.metrics.task_metrics`.
 
 The loop (after torch-rechub's trainers): :func:`train_model` runs epochs of
 :func:`train_one_epoch` (one :func:`train_step` per batch) and feeds each validation to an
@@ -56,19 +48,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from features.spec import FeatureSpec
 from model.data import model_inputs
+from model.losses import MultiTaskLoss, gradnorm_shared_parameters, resolve_task_weights
+from model.metrics import task_metrics
 
 log = logging.getLogger("infnet.model.train")
-
-
-# Loss weights of the tasks a spec may have, chosen on the validation day of the bundled KuaiRand data
-# (README, "Accuracy"): like is ~1.7 % positive and, weighted 1, only learns the users' like
-# propensity after click and long_view have begun to overfit; at 10 all three peak in the same
-# epoch (INFNet mean valid AUC .7522 at weight 1 after 4 epochs, .7725 at 5, .7755 at 10, .7758 at 20).
-DEFAULT_TASK_WEIGHTS: dict[str, float] = {"like": 10.0}
 
 
 @dataclass
@@ -83,11 +69,13 @@ class TrainConfig:
     eval_every_steps: int = 0  # 0: evaluate once per epoch
     min_delta: float = 1e-4  # a gain smaller than this is no gain
     seed: int = 42
-    task_weights: dict[str, float] = field(default_factory=dict)  # λ_i over DEFAULT_TASK_WEIGHTS, 1.0 when absent
+    task_weights: dict[str, float] = field(default_factory=dict)  # λ_i over model.losses.DEFAULT_TASK_WEIGHTS, 1.0 when absent
     uncertainty_weighting: bool = False
     gradnorm: bool = False  # learn the task weights with GradNorm (Chen et al. 2018)
     gradnorm_alpha: float = 1.5  # GradNorm's restoring force α
     gradnorm_lr: float = 0.025  # learning rate of the GradNorm weights
+    pareto: bool = False  # per-step MGDA-UB task weights (Sener & Koltun 2018), model.losses
+    pareto_fixed_weights: str = "scale"  # "scale": solve on λ_i ∇L_i | "sum": on ∇L_i, keep only Σ λ_i
     max_grad_norm: float | None = None  # gradient clipping when set
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     shuffle_buffer_rows: int = 65_536
@@ -102,6 +90,14 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> "TrainConfig":
+        """The config of a command line's flags named as the fields (``vars(args)``): None keeps the
+        default, other names are ignored, ``task_weights`` may be (task, weight) pairs."""
+        values = {k: v for k, v in flags.items() if k in cls.__dataclass_fields__ and v is not None}
+        values["task_weights"] = dict(values.get("task_weights", {}))
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,28 +127,6 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
             torch.backends.cudnn.benchmark = False
 
 
-def resolve_task_weights(spec: FeatureSpec, task_weights: dict[str, float] | None = None) -> dict[str, float]:
-    """``DEFAULT_TASK_WEIGHTS`` of the tasks ``spec`` has, overridden by ``task_weights``.
-
-    A default for a task the spec lacks is dropped; an explicit weight for one is an error.
-
-    >>> from features.spec import demo_spec
-    >>> resolve_task_weights(demo_spec(), {"click": 2.0})
-    {'like': 10.0, 'click': 2.0}
-    """
-    task_weights = dict(task_weights or {})
-    check_task_names(spec, task_weights)
-    names = {t.name for t in spec.tasks}
-    return {**{k: v for k, v in DEFAULT_TASK_WEIGHTS.items() if k in names}, **task_weights}
-
-
-def check_task_names(spec: FeatureSpec, task_weights: dict[str, float]) -> None:
-    """ValueError naming the weights given for tasks ``spec`` does not have."""
-    unknown = sorted(set(task_weights) - {t.name for t in spec.tasks})
-    if unknown:
-        raise ValueError(f"task_weights name unknown tasks {unknown}; the spec's tasks are {[t.name for t in spec.tasks]}")
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,33 +138,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # =============================================================================================
-# Metrics: evaluation.metrics holds the one definition of AUC / gAUC
+# Evaluation: the model's outputs, graded by model.metrics.task_metrics
 # =============================================================================================
-
-def task_metrics(spec: FeatureSpec, preds: np.ndarray, labels: np.ndarray, masks: np.ndarray,
-                 users: np.ndarray | None) -> dict[str, Any]:
-    """Per task: AUC and gAUC (binary) or RMSE (regression) on masked rows; plus ``mtl_auc``.
-
-    ``preds`` may be logits: AUC and gAUC only depend on the order of the scores.
-    """
-    from model.metrics import auc_np, gauc_np
-
-    out: dict[str, Any] = {}
-    aucs = []
-    for i, task in enumerate(spec.tasks):
-        m = masks[:, i] > 0
-        y, s = labels[m, i], preds[m, i]
-        if task.kind == "binary":
-            auc = float(auc_np(y, s)) if len(y) else float("nan")
-            gauc = float(gauc_np(users[m], y, s).value) if users is not None and len(y) else float("nan")
-            out[task.name] = {"auc": auc, "gauc": gauc, "n": int(m.sum()), "positive_rate": float(y.mean()) if len(y) else float("nan")}
-            if not math.isnan(auc):
-                aucs.append(auc)
-        else:
-            out[task.name] = {"rmse": float(np.sqrt(np.mean((s - y) ** 2))) if len(y) else float("nan"), "n": int(m.sum())}
-    out["mtl_auc"] = float(np.mean(aucs)) if aucs else float("nan")
-    return out
-
 
 @torch.no_grad()
 def predict_batches(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device):
@@ -213,96 +162,8 @@ def evaluate(model: nn.Module, spec: FeatureSpec, batches, device: torch.device)
 
 
 # =============================================================================================
-# Loss
-# =============================================================================================
-
-class MultiTaskLoss(nn.Module):
-    """Masked per-task losses combined with fixed weights, learned uncertainty weights, or GradNorm
-    weights (``gradnorm=True``: the weights are a parameter that :meth:`gradnorm_loss` trains)."""
-
-    def __init__(self, spec: FeatureSpec, task_weights: dict[str, float] | None = None,
-                 uncertainty_weighting: bool = False, gradnorm: bool = False, gradnorm_alpha: float = 1.5) -> None:
-        super().__init__()
-        if uncertainty_weighting and gradnorm:
-            raise ValueError("choose one of uncertainty weighting and GradNorm")
-        task_weights = task_weights or {}
-        check_task_names(spec, task_weights)
-        self.binary = torch.tensor([t.kind == "binary" for t in spec.tasks])
-        initial = torch.tensor([float(task_weights.get(t.name, 1.0)) for t in spec.tasks])
-        self.register_buffer("weights", initial)
-        self.register_buffer("scale", torch.where(self.binary, 1.0, 0.5))
-        self.log_vars = nn.Parameter(torch.zeros(len(spec.tasks))) if uncertainty_weighting else None
-        self.gradnorm_weights = nn.Parameter(initial.clone()) if gradnorm else None
-        self.gradnorm_alpha = gradnorm_alpha
-        self.register_buffer("initial_losses", torch.full_like(initial, float("nan")))
-
-    def per_task(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        binary = self.binary.to(outputs.device)
-        bce = F.binary_cross_entropy_with_logits(outputs, labels.clamp(0, 1), reduction="none")
-        mse = (outputs - labels) ** 2
-        elementwise = torch.where(binary, bce, mse) * masks
-        return elementwise.sum(0) / masks.sum(0).clamp_min(1.0)
-
-    def forward(self, outputs: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = self.per_task(outputs, labels, masks)
-        if self.gradnorm_weights is not None:
-            return (self.gradnorm_weights.detach() * losses).sum(), losses
-        if self.log_vars is None:
-            return (self.weights * losses).sum(), losses
-        s = self.log_vars
-        return (self.weights * (self.scale * torch.exp(-s) * losses + 0.5 * s)).sum(), losses
-
-    def gradnorm_loss(self, losses: torch.Tensor, shared: list[nn.Parameter]) -> torch.Tensor:
-        """GradNorm's ``L_grad`` for the per-task ``losses`` of this step (their graph is kept).
-
-        ``G_i = w_i ||∇_W L_i||`` on the ``shared`` weights; tasks without a gradient this step (no
-        labelled row) keep their weight out of the mean and of the loss. Differentiable in ``w`` only.
-        """
-        w = self.gradnorm_weights
-        norms = []
-        for i in range(len(losses)):
-            grads = (torch.autograd.grad(losses[i], shared, retain_graph=True, allow_unused=True)
-                     if losses[i].requires_grad else [None])
-            sq = sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros((), device=losses.device))
-            norms.append(sq.sqrt())
-        g = torch.stack(norms).detach()
-        active = g > 0
-        if not bool(active.any()):
-            return (w * 0).sum()
-        current = losses.detach()
-        first = torch.isnan(self.initial_losses) & active
-        self.initial_losses[first] = current[first].clamp_min(1e-8)
-        ratio = torch.where(active, current / self.initial_losses.nan_to_num(1.0), torch.zeros_like(current))
-        inverse_rate = ratio / ratio[active].mean()
-        G = w * g
-        target = (G[active].mean() * inverse_rate.pow(self.gradnorm_alpha)).detach()
-        return ((G - target).abs() * active).sum()
-
-    @torch.no_grad()
-    def renormalise_gradnorm(self) -> None:
-        """Keep the GradNorm weights positive and summing to ``Σ λ_i``."""
-        w = self.gradnorm_weights
-        w.clamp_(min=1e-3)
-        w.mul_(self.weights.sum() / w.sum())
-
-
-# =============================================================================================
 # Loop
 # =============================================================================================
-
-def gradnorm_shared_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The weights GradNorm measures task gradients on: ``model.last_shared_parameters()`` when the
-    model has it, else the last ``nn.Linear`` outside modules named like towers or heads."""
-    if hasattr(model, "last_shared_parameters"):
-        shared = list(model.last_shared_parameters())
-    else:
-        linears = [m for name, m in model.named_modules() if isinstance(m, nn.Linear)
-                   and not any(k in name for k in ("tower", "head", "predict"))]
-        shared = list(linears[-1].parameters()) if linears else []
-    if not shared:
-        raise ValueError(f"GradNorm found no shared layer in {type(model).__name__}")
-    return shared
-
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups: the embedding tables (own ``embedding_lr`` when set) and the rest.
@@ -400,11 +261,18 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], criterion: Mult
     """One optimiser step on ``batch``; returns its weighted loss and its number of rows.
 
     With ``gradnorm_optimizer`` the GradNorm weights take their own step on the gradient norms of
-    ``shared_parameters`` (:meth:`MultiTaskLoss.gradnorm_loss`) and are renormalised.
+    ``shared_parameters`` (:meth:`MultiTaskLoss.gradnorm_loss`) and are renormalised. With a Pareto
+    criterion the step's weights come from the task gradients on ``shared_parameters`` first
+    (:meth:`MultiTaskLoss.pareto_loss`).
     """
     labels, masks = batch["label"].to(device), batch["mask"].to(device)
     outputs = model(model_inputs(batch, device))
     loss, per_task = criterion(outputs, labels, masks)
+    if criterion.pareto_weights is not None:  # MGDA-UB: this step's weights, before backward
+        loss = criterion.pareto_loss(per_task, shared_parameters)
+    aux = getattr(model, "aux_loss", None)  # a model's own training loss, set by its forward (DIEN)
+    if aux is not None:
+        loss = loss + aux
     if gradnorm_optimizer is not None:  # before backward: it needs the graph of each task loss
         gradnorm_optimizer.zero_grad(set_to_none=True)
         criterion.gradnorm_weights.grad = torch.autograd.grad(
@@ -511,6 +379,8 @@ def validate(model: nn.Module, spec: FeatureSpec, valid_batches, device: torch.d
         entry["log_vars"] = criterion.log_vars.detach().cpu().tolist()
     if criterion.gradnorm_weights is not None:
         entry["gradnorm_weights"] = criterion.gradnorm_weights.detach().cpu().tolist()
+    if criterion.pareto_weights is not None:
+        entry["pareto_weights"] = criterion.pareto_weights.cpu().tolist()
     history.append(entry)
     log.info("eval epoch %d step %d: valid mean AUC %.4f (best %.4f)", epoch, progress.steps, valid["mtl_auc"],
              stopper.best_score)
@@ -549,9 +419,9 @@ def train_model(
     model.to(device)
     task_weights = resolve_task_weights(spec, config.task_weights)
     criterion = MultiTaskLoss(spec, task_weights, config.uncertainty_weighting, config.gradnorm,
-                              config.gradnorm_alpha).to(device)
+                              config.gradnorm_alpha, config.pareto, config.pareto_fixed_weights).to(device)
     optimizer, gradnorm_optimizer = make_optimizers(model, criterion, config)
-    shared = gradnorm_shared_parameters(model) if gradnorm_optimizer is not None else []
+    shared = gradnorm_shared_parameters(model) if gradnorm_optimizer is not None or config.pareto else []
     stopper, progress, history = EarlyStopper(config.patience, config.min_delta), TrainProgress(), []
 
     for epoch in range(config.epochs):
@@ -588,6 +458,8 @@ def train_model(
     if criterion.gradnorm_weights is not None:
         metrics["gradnorm_weights"] = dict(zip([t.name for t in spec.tasks],
                                                criterion.gradnorm_weights.detach().cpu().tolist()))
+    if criterion.pareto_weights is not None:  # the last training step's
+        metrics["pareto_weights"] = dict(zip([t.name for t in spec.tasks], criterion.pareto_weights.cpu().tolist()))
     if criterion.log_vars is not None:
         metrics["uncertainty_log_vars"] = dict(zip([t.name for t in spec.tasks], criterion.log_vars.detach().cpu().tolist()))
     if test_batches is not None:

@@ -124,10 +124,11 @@ def run_gate(
     if write_docs:
         result = replace(result, docs_path=write_data_docs(spark, settings, result))
         clock.lap("data_docs")
-    log.info("quality gate timings (s) for %s %s: %s", table_name, partition, clock)
-    log.info("quality gate %s", result.summary())
+    # the caller prints the one summary line; the details are in quality_results and the data docs
+    log.debug("quality gate timings (s) for %s %s: %s", table_name, partition, clock)
+    log.debug("quality gate %s", result.summary())
     for o in result.failed_warnings:
-        log.warning("quality warning on %s %s: %s", table_name, partition, o.describe())
+        log.debug("quality warning on %s %s: %s", table_name, partition, o.describe())
     if not result.passed:
         raise QualityGateFailed(failure_message(result, results_table=qualified_name(settings, QUALITY_RESULTS)), result)
     return result

@@ -29,7 +29,8 @@ ensure_venv() {
   fi
 }
 
-running() { [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
+PY="$ROOT/.venv/bin/python"
+source scripts/service_lib.sh  # running, wait_until_answers, stop_pid
 
 start() {
   ensure_venv
@@ -37,25 +38,11 @@ start() {
   if running; then return; fi
   nohup "$VENV/bin/moto_server" -H "$HOST" -p "$PORT" >"$BASE/moto.log" 2>&1 &
   echo $! > "$PIDFILE"
-  for _ in $(seq 1 100); do
-    if "$VENV/bin/python" -c "import socket,sys; socket.create_connection(('$HOST', $PORT), 0.5)" 2>/dev/null; then
-      echo "[moto] up at $ENDPOINT" >&2; return
-    fi
-    running || { tail -20 "$BASE/moto.log" >&2; exit 1; }
-    sleep 0.2
-  done
-  echo "moto.sh: no answer at $ENDPOINT after 20 s (log: $BASE/moto.log)" >&2; exit 1
+  wait_until_answers moto.sh "$HOST" "$PORT" 20 "$BASE/moto.log"
+  echo "[moto] up at $ENDPOINT" >&2
 }
 
-stop() {
-  if running; then
-    local pid; pid=$(cat "$PIDFILE")
-    kill "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    echo "[moto] stopped" >&2
-  fi
-  rm -f "$PIDFILE"
-}
+stop() { stop_pid moto 5; }
 
 bucket() {  # create a bucket (idempotent)
   "$VENV/bin/python" - "$1" <<PY

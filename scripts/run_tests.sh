@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command behind `make test` and .ci/run: the main suite in .venv, then the Airflow DAG
-# tests in .venv-airflow (Airflow's Spark provider cannot share the project venv: PITFALLS.md).
+# The test command behind `make test` and .ci/run: ruff over the tree, the main suite in .venv, then
+# the Airflow DAG tests in .venv-airflow (Airflow's Spark provider cannot share the project venv: PITFALLS.md).
 # pytest's exit code 5 (no tests collected) is a failure here: a suite that ran nothing must not
 # look green.
 #
@@ -43,6 +43,9 @@ run() {  # run <label> <python> <pytest args...>
   return "$rc"
 }
 
+# the linter first: seconds, and a finding fails the run like a failed test (config: pyproject.toml)
+.venv/bin/ruff check --quiet . && echo "ruff: clean"
+lint_rc=$?
 run "main suite" .venv/bin/python "$@"
 main_rc=$?
 airflow_rc=0
@@ -53,4 +56,4 @@ else
   echo "run_tests: .venv-airflow missing (run scripts/setup_airflow.sh)" >&2
   airflow_rc=1
 fi
-[ "$main_rc" -eq 0 ] && [ "$airflow_rc" -eq 0 ]
+[ "$lint_rc" -eq 0 ] && [ "$main_rc" -eq 0 ] && [ "$airflow_rc" -eq 0 ]

@@ -107,6 +107,13 @@ def test_demo_writes_the_ab_report_and_models(demo_lake):
     assert all(task in summary for task in ("click", "like", "long_view"))
     assert "<img" in (reports[0].parent / "report.html").read_text()
     assert sorted(p.name for p in (lake / "models").iterdir() if not p.name.startswith(".")) == ["infnet", "mmoe"]
+    # each training is an MLflow run in the lake's SQLite store, finished, with its test metrics
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{lake / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("infnet-train").experiment_id])
+    assert sorted(r.data.tags["infnet.model_ref"] for r in runs) == ["infnet@1", "mmoe@1"]
+    assert all(r.info.status == "FINISHED" and "test.mtl_auc" in r.data.metrics for r in runs)
 
 
 def test_the_catalog_persists_for_sql_in_a_new_process(demo_lake):
@@ -163,3 +170,23 @@ def test_the_trained_models_beat_chance_and_a_popularity_ranking(spark, demo_lak
         se = math.sqrt((auc * (1 - auc) + (pos - 1) * (q1 - auc**2) + (neg - 1) * (q2 - auc**2)) / (pos * neg))
         seen[model] = (round(auc, 4), round(popular, 4), round(se, 4), len(y))
         assert auc > 0.5 + 2 * se and auc > popular, f"click AUC, popularity AUC, SE, rows: {seen}"
+
+
+def test_scoring_with_a_truncated_weights_file_is_one_line_and_writes_nothing(demo_lake):
+    import json
+    import shutil
+
+    lake, _, _ = demo_lake
+    broken = lake / "models" / "broken" / "000001"
+    shutil.copytree(lake / "models" / "mmoe" / "000001", broken)
+    info = json.loads((broken / "info.json").read_text())
+    (broken / "info.json").write_text(json.dumps({**info, "name": "broken"}))
+    weights = broken / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # as a failed copy leaves it
+    log_before = sorted((lake / "tables" / "scores" / "_delta_log").glob("*.json"))
+    result = run_cli("score", "--lake", str(lake), "--model", "broken", "--date", "2022-05-03", "--source", "logged")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("score: error: broken@1: "), result.stderr[-3000:]
+    assert "weights.pt is not the file that was saved (1,000 bytes" in lines[-1] and "Traceback" not in result.stderr
+    assert sorted((lake / "tables" / "scores" / "_delta_log").glob("*.json")) == log_before
+    shutil.rmtree(broken.parent)

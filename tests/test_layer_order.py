@@ -1,7 +1,8 @@
 """Layers import one way: each package imports only from the packages before it in LAYERS.
 
 conf (settings, names, schemas, lake I/O) <- features <- quality <- model <- evaluation <- jobs <-
-airflow_dags; bench and tests may import anything. The check reads every import statement
+airflow_dags; tests may import anything, bench anything but the jobs' logic (it runs a job only
+through the CLI, ``jobs.cli``, as a user does). The check reads every import statement
 (top-level and inside functions), so a lazy import cannot hide a backward dependency.
 """
 from __future__ import annotations
@@ -36,6 +37,24 @@ def test_a_package_imports_only_earlier_layers(package):
         if imported_packages(path) & later
     }
     assert offenders == {}
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} if node.module != "jobs" else {f"jobs.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_bench_runs_jobs_only_through_the_cli():
+    offenders = {
+        str(path.relative_to(REPO)): sorted(m for m in imported_modules(path) if m.startswith("jobs") and m != "jobs.cli")
+        for path in sorted((REPO / "bench").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_the_check_sees_a_lazy_backward_import(tmp_path):

@@ -11,11 +11,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from features.spec import FeatureSpec
 from model.base import RankingModel, UserState
-from model.layers import CategoricalEmbedding, DenseTokens, GapSignal, SequenceEmbedding, masked_mean
+from model.layers import CategoricalEmbedding, DenseTokens, GapSignal, SequenceEmbedding, init_embedding_, masked_mean
+
+
+def target_field_index(spec: FeatureSpec, field: str, model_name: str) -> int:
+    """The categorical index of a target-attention model's candidate field (DIN and the sequence
+    models), refusing a spec without that field or without a behaviour sequence."""
+    names = [c.name for c in spec.categorical]
+    if field not in names:
+        raise ValueError(f"{model_name} target field {field!r} is not a categorical field of the spec")
+    if not spec.sequences:
+        raise ValueError(f"{model_name} needs at least one behaviour sequence in the feature spec")
+    return names.index(field)
+
+
+def shared_item_table(spec: FeatureSpec, target_index: int, embed_dim: int, share: bool) -> nn.Embedding | None:
+    """One table for the candidate's id and the sequence items (so "same video" is the same vector),
+    when ``share`` and every sequence has the candidate field's vocabulary; else None."""
+    target = spec.categorical[target_index]
+    if not (share and all(s.vocab_size == target.vocab_size for s in spec.sequences)):
+        return None
+    table = nn.Embedding(target.vocab_size, embed_dim)
+    init_embedding_(table.weight)
+    return table
+
+
+def target_item_embedding(item_table: nn.Embedding | None, spec: FeatureSpec, target_index: int, cat: Tensor,
+                          fields: Tensor) -> Tensor:
+    """The candidate in the item table it shares with the sequences (cold start with an exact
+    vocabulary: the table's mean row, like ``CategoricalEmbedding``), else its field embedding."""
+    if item_table is None:
+        return fields[:, target_index]
+    ids = cat[:, target_index]
+    target = item_table(ids)
+    if spec.categorical[target_index].vocabulary is not None:
+        target = torch.where((ids == 0).unsqueeze(-1), item_table.weight[1:].mean(0), target)
+    return target
 
 
 @dataclass

@@ -45,10 +45,15 @@ class DCNv2(PooledInputModel):
         if config.structure not in ("parallel", "stacked"):
             raise ValueError(f"structure must be 'parallel' or 'stacked', not {config.structure!r}")
         d = self.input_dim
-        self.cross = nn.ModuleList(CrossLayerV2(d, config.low_rank) for _ in range(config.n_cross_layers))
+        self.cross = nn.ModuleList(self.cross_layer(d, config) for _ in range(config.n_cross_layers))
         self.deep = MLP(d, config.deep_hidden, dropout=config.dropout)
         out = d + self.deep.out_dim if config.structure == "parallel" else self.deep.out_dim
         self.towers = TaskTowers(out, len(spec.tasks), config.tower_hidden, config.dropout)
+
+    @staticmethod
+    def cross_layer(dim: int, config) -> nn.Module:
+        """One cross layer ``(x0, x) -> x'`` (subclasses swap in another kind: model.baselines.gdcn)."""
+        return CrossLayerV2(dim, config.low_rank)
 
     def predict(self, fields: Tensor, cat: Tensor, user_rows: UserState) -> Tensor:
         x0 = fields.flatten(1)

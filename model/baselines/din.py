@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from features.spec import FeatureSpec
 from model.base import RankingModel, UserState
-from model.baselines.common import BaselineConfig
+from model.baselines.common import BaselineConfig, shared_item_table, target_field_index, target_item_embedding
 from model.layers import (
     MLP,
     CategoricalEmbedding,
@@ -26,7 +26,6 @@ from model.layers import (
     SequenceEmbedding,
     TargetAttentionPooling,
     TaskTowers,
-    init_embedding_,
 )
 
 
@@ -43,19 +42,10 @@ class DIN(RankingModel):
     def __init__(self, spec: FeatureSpec, config: DINConfig | None = None):
         config = config or DINConfig()
         super().__init__(spec, config)
-        names = [c.name for c in spec.categorical]
-        if config.target_field not in names:
-            raise ValueError(f"DIN target field {config.target_field!r} is not a categorical field of the spec")
-        if not spec.sequences:
-            raise ValueError("DIN needs at least one behaviour sequence in the feature spec")
-        self.target_index = names.index(config.target_field)
-        target = spec.categorical[self.target_index]
+        self.target_index = target_field_index(spec, config.target_field, "DIN")
         e = config.embed_dim
         self.cat_embedding = CategoricalEmbedding(spec.categorical, e, config.cat_table_width)
-        shared = config.share_item_table and all(s.vocab_size == target.vocab_size for s in spec.sequences)
-        self.item_table = nn.Embedding(target.vocab_size, e) if shared else None
-        if self.item_table is not None:
-            init_embedding_(self.item_table.weight)
+        self.item_table = shared_item_table(spec, self.target_index, e, config.share_item_table)
         self.seq_embedding = SequenceEmbedding(spec.sequences, e, config.gap_signal, shared_table=self.item_table)
         self.attention = nn.ModuleList(TargetAttentionPooling(e, config.attention_hidden, config.attention_normalize)
                                        for _ in spec.sequences)
@@ -71,13 +61,7 @@ class DIN(RankingModel):
 
     def score(self, cat: Tensor, user_rows: UserState, dense: Tensor | None = None) -> Tensor:
         fields = self.embed_cat(self.cat_embedding, cat, user_rows["cat_user"])  # [B, M, e]
-        if self.item_table is not None:
-            ids = cat[:, self.target_index]
-            target = self.item_table(ids)
-            if self.spec.categorical[self.target_index].vocabulary is not None:  # cold start: the mean row
-                target = torch.where((ids == 0).unsqueeze(-1), self.item_table.weight[1:].mean(0), target)
-        else:
-            target = fields[:, self.target_index]
+        target = target_item_embedding(self.item_table, self.spec, self.target_index, cat, fields)
         tokens, mask = user_rows["seq_tokens"], user_rows["seq_mask"]
         interest = torch.stack([att(target, tokens[:, a], mask[:, a]) for a, att in enumerate(self.attention)], 1)
         parts = [fields.flatten(1), interest.flatten(1)]

@@ -27,7 +27,7 @@ def wait_for_port(port: int, seconds: float, process: subprocess.Popen | None = 
                 return
         except OSError:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"service on port {port} exited with {process.returncode}")
+                raise RuntimeError(f"service on port {port} exited with {process.returncode}") from None
             time.sleep(0.2)
     raise TimeoutError(f"nothing answers on 127.0.0.1:{port} after {seconds} s")
 

@@ -197,3 +197,69 @@ def test_the_report_slices_by_the_raw_values(spark):
     assert slices == {"tab=0", "tab=1", "user_active_degree=full_active", "user_active_degree=UNKNOWN"}
     per_slice = result.table.set_index("slice").loc["user_active_degree=full_active"]
     assert per_slice["n"] == 20 * 6 and per_slice["n_users"] == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# slice verdicts: minimum size and Benjamini-Hochberg; logged lists per (user, date)
+# ---------------------------------------------------------------------------------------------
+
+def test_benjamini_hochberg_on_hand_examples():
+    from evaluation.ab import benjamini_hochberg
+
+    # m = 5: p * m / rank = .025, .0275, .0333, .05, .13; every one already below the next
+    assert benjamini_hochberg([0.04, 0.005, 0.13, 0.011, 0.02]) == pytest.approx([0.05, 0.025, 0.13, 0.0275, 0.1 / 3])
+    # the step-up: .035 * 5 / 3 = .0583 is lowered to the next one's .04 * 5 / 4 = .05
+    assert benjamini_hochberg([0.01, 0.02, 0.035, 0.04, 0.5]) == pytest.approx([0.05, 0.05, 0.05, 0.05, 0.5])
+    # NaN stays NaN and does not count; values are capped at 1
+    got = benjamini_hochberg([0.6, float("nan"), 0.9])
+    assert got[0] == pytest.approx(0.9) and np.isnan(got[1]) and got[2] == pytest.approx(0.9)
+    assert benjamini_hochberg([0.7, 0.8, 0.9]) == pytest.approx([0.9, 0.9, 0.9])
+
+
+def test_slice_verdicts_need_a_minimum_size_and_survive_bh():
+    from evaluation.ab import TOO_SMALL, ci_verdict
+
+    pdf = paired_frame(seed=4, n_users=120, per_user=12)
+    rng = np.random.default_rng(5)
+    pdf["tab"] = np.where(pdf["user_id"] < 60, 0, 1)  # two big slices, 720 rows each
+    pdf.loc[pdf["user_id"] == 0, "tab"] = 10  # user 0: 12 rows, and there B is far better
+    small = (pdf["tab"] == 10).to_numpy()
+    pdf.loc[small, "score_click_b"] = np.clip(pdf.loc[small, "label_click"] + rng.normal(0, 0.1, small.sum()), 0, 1)
+    tasks = (TaskField("click"),)
+    table = compare_arms(pdf, tasks, ABConfig(n_boot=100, seed=7, slices=("tab",), ks=(3,), min_slice_n=100))
+    tab10 = result_row(table, "click", "auc", "tab=10")
+    assert tab10["n"] == 12 and ci_verdict(tab10) == "wins"  # the CI alone would paint it a win
+    assert verdict(tab10) == TOO_SMALL and np.isnan(tab10["p_adjusted"])
+    for sl in ("tab=0", "tab=1"):  # B = A there
+        row = result_row(table, "click", "auc", sl)
+        assert verdict(row) == "ties" and row["p_adjusted"] == pytest.approx(1.0)
+    # without the minimum, tab=10 joins the family of 3 (the other two p = 1): rank 1 of 3, so its
+    # adjusted p is 3 x p; p is the smallest possible, 2 / (B + 1) over the B = 60 resamples that drew
+    # user 0 (the others have no AUC for the slice): 3 x 2 / 61 = .098, a tie
+    loose = compare_arms(pdf, tasks, ABConfig(n_boot=100, seed=7, slices=("tab",), ks=(3,), min_slice_n=0))
+    tab10 = result_row(loose, "click", "auc", "tab=10")
+    assert tab10["p_value"] == pytest.approx(2 / 61) and ci_verdict(tab10) == "wins"
+    assert tab10["p_adjusted"] == pytest.approx(3 * tab10["p_value"]) and verdict(tab10) == "ties"
+    # with more resamples the same slice is a win after the adjustment
+    fine = compare_arms(pdf, tasks, ABConfig(n_boot=400, seed=7, slices=("tab",), ks=(3,), min_slice_n=0))
+    assert verdict(result_row(fine, "click", "auc", "tab=10")) == "wins"
+
+
+def test_logged_lists_are_a_users_impressions_of_a_date():
+    # each user: two logged requests of one candidate each on 05-03 (no ranking inside a request),
+    # and on 05-04 one more request of two candidates
+    rows = []
+    for u in range(30):
+        rows += [(u, f"{u}-a", 1, "2022-05-03", 0.0, 0.9, 0.1), (u, f"{u}-b", 2, "2022-05-03", 1.0, 0.1, 0.9),
+                 (u, f"{u}-c", 3, "2022-05-04", 1.0, 0.2, 0.8), (u, f"{u}-c", 4, "2022-05-04", 0.0, 0.8, 0.2)]
+    pdf = pd.DataFrame(rows, columns=["user_id", "request_id", "video_id", "date", "label_click", "score_click_a",
+                                      "score_click_b"]).assign(mask_click=1)
+    table = compare_arms(pdf, (TaskField("click"),), ABConfig(n_boot=50, seed=0, ks=(1,), slices=()))
+    row = result_row(table, "click", "click@1")
+    # per (user, date): 60 lists of two; A puts the unclicked video first in each, B the clicked one
+    assert row["n"] == 60 and row["n_users"] == 30
+    assert (row["control_value"], row["treatment_value"]) == (0.0, 1.0) and verdict(row) == "wins"
+    assert result_row(table, "click", "ndcg@1")["treatment_value"] == 1.0
+    # without dates a user's rows are one list: 30 lists of four
+    assert result_row(compare_arms(pdf.drop(columns="date"), (TaskField("click"),),
+                                   ABConfig(n_boot=20, ks=(1,), slices=())), "click", "click@1")["n"] == 30

@@ -85,9 +85,9 @@ def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_pa
     from conf.schemas import RECOMMENDATIONS_SCHEMA
     from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
     from evaluation.ab import ABConfig
+    from evaluation.lists import compare_list_arms
     from features.candidates import conform_candidates
-    from jobs.ab_report import compare_list_arms
-    from jobs.common import ModelRef
+    from conf.syntax import ModelRef
 
     s = settings.with_lake(str(tmp_path_factory.mktemp("ab_lists")))
     day, t = dt.date(2022, 5, 4), 1_000
@@ -114,3 +114,170 @@ def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_pa
     assert table.loc[("click", "recall"), ["control_value", "treatment_value"]].tolist() == [0.0, 0.5]
     assert table.loc[("click", "recall"), "n_users"] == 2 and set(table["slice"]) == {"list@1"}
     assert compare_list_arms(spark, s, ModelRef("ctl", "1"), ModelRef("none", "1"), ["2022-05-04"], ABConfig()) is None
+
+
+# -- the IPS replay, the ceiling, the propensities ------------------------------------------------
+
+IPS_LISTS = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "video_id": [10, 11, 12, 20, 21], "rank": [1, 2, 3, 1, 2]})
+IPS_POSITIVES = pd.DataFrame([(1, 11, "click"), (1, 12, "click"), (1, 99, "click"), (2, 20, "click"), (2, 21, "click")],
+                             columns=["user_id", "video_id", "task"])
+IPS_PROPENSITIES = pd.DataFrame({"task": "click", "video_id": [11, 12, 20, 21], "propensity": [0.5, 1.0, 1.0, 0.5]})
+
+
+def test_ips_recall_ndcg_and_ceiling_equal_a_hand_computation():
+    from evaluation.lists import recall_ceiling, weight_positives
+
+    weighted, fits = weight_positives(IPS_POSITIVES, IPS_PROPENSITIES, clip=0.25)
+    # weights 1/p: v11 2, v12 1, v99 (no count: the clip 0.25) 4, v20 1, v21 2
+    assert weighted.set_index("video_id")["weight"].to_dict() == {11: 2.0, 12: 1.0, 99: 4.0, 20: 1.0, 21: 2.0}
+    assert fits["click"].n_clipped == 1 and fits["click"].n_positives == 5
+    m = per_user_metrics(IPS_LISTS, weighted, k=3, weighted=True).set_index("user_id")
+    d = lambda r: 1 / math.log2(r + 1)  # noqa: E731
+    # user 1: hits v11 (rank 2, w 2) and v12 (rank 3, w 1) of 2 + 1 + 4; the ideal list is 4, 2, 1
+    assert m.loc[1, "recall"] == pytest.approx(3 / 7)
+    assert m.loc[1, "ndcg"] == pytest.approx((2 * d(2) + 1 * d(3)) / (4 * d(1) + 2 * d(2) + 1 * d(3)))
+    # user 2: both positives listed, but the heavier one second: NDCG below 1 (naive: exactly 1)
+    assert m.loc[2, "recall"] == 1.0
+    assert m.loc[2, "ndcg"] == pytest.approx((1 * d(1) + 2 * d(2)) / (2 * d(1) + 1 * d(2)))
+    assert per_user_metrics(IPS_LISTS, IPS_POSITIVES, k=3).set_index("user_id").loc[2, "ndcg"] == 1.0
+    # ceiling: user 1's candidates hold 10..13, not v99; user 2's hold both
+    held = pd.DataFrame({"user_id": [1, 1, 1, 1, 2, 2], "video_id": [10, 11, 12, 13, 20, 21]})
+    ceiling = recall_ceiling(weighted, held, weighted=True).set_index("user_id")["recall_ceiling"]
+    assert ceiling.to_dict() == pytest.approx({1: 3 / 7, 2: 1.0})
+    assert recall_ceiling(IPS_POSITIVES, held).set_index("user_id")["recall_ceiling"].to_dict() == pytest.approx(
+        {1: 2 / 3, 2: 1.0})
+    summary = summarise(per_user_metrics(IPS_LISTS, weighted, k=3, weighted=True), IPS_LISTS, 100, 3,
+                        recall_ceiling(weighted, held, weighted=True), weighted=True).set_index(["task", "metric"])
+    assert set(summary["slice"]) == {"ips_list@3"}
+    assert set(summary.index) == {("click", "recall"), ("click", "ndcg"), ("click", "recall_ceiling")}
+    assert summary.loc[("click", "recall"), "value"] == pytest.approx((3 / 7 + 1) / 2)
+    assert summary.loc[("click", "recall_ceiling"), "value"] == pytest.approx((3 / 7 + 1) / 2)
+    with pytest.raises(ValueError, match="weight"):
+        per_user_metrics(IPS_LISTS, IPS_POSITIVES, k=3, weighted=True)
+
+
+def test_propensities_follow_the_formula_and_the_clip():
+    from evaluation.lists import fit_propensities
+
+    counts = pd.DataFrame({"task": "click", "video_id": [1, 2, 3, 4], "n": [400, 100, 4, 1]})
+    props, fits = fit_propensities(counts, clip=0.02, gamma=0.5)  # exponent (0.5 + 1) / 2 = 0.75
+    p = props.set_index("video_id")["propensity"]
+    assert p[1] == 1.0 and p[2] == pytest.approx(0.25 ** 0.75) and p[3] == pytest.approx(0.01 ** 0.75)
+    assert p[4] == 0.02  # (1/400) ^ 0.75 = 0.0112: clipped
+    assert fits["click"].exponent == 0.75 and not fits["click"].fitted
+    _, fitted = fit_propensities(counts, clip=0.01, min_count=1)
+    assert fitted["click"].fitted and fitted["click"].exponent == pytest.approx((fitted["click"].gamma + 1) / 2)
+    assert "gamma" in fitted["click"].describe()
+
+
+@pytest.mark.parametrize("gamma", [0.6, 0.9, 1.2])
+def test_the_exponent_fit_recovers_a_synthetic_power_law(gamma):
+    from evaluation.lists import fit_popularity_exponent
+
+    ranks = np.arange(1, 3001)
+    exact = 5000.0 * ranks ** -gamma
+    assert fit_popularity_exponent(exact) == pytest.approx(gamma, abs=1e-9)
+    p = ranks ** -gamma / (ranks ** -gamma).sum()
+    sampled = np.bincount(np.random.default_rng(0).choice(len(p), size=300_000, p=p), minlength=len(p))
+    assert fit_popularity_exponent(np.random.default_rng(1).permutation(sampled), min_count=10) == pytest.approx(
+        gamma, abs=0.05)
+
+
+def test_positive_counts_see_only_labels_visible_before_the_cut(spark):
+    from evaluation.lists import positive_counts
+    from features.categorical import DAY_MS
+
+    cut = 10 * DAY_MS
+    events = spark.createDataFrame([
+        (1, 10, cut - 1000, 1, 0, 0, 500),       # playback ends before the cut: counted
+        (2, 10, cut - 1000, 1, 1, 0, 1000),      # ends at the cut: not yet visible
+        (3, 10, cut - 100, 1, 0, 0, 50),         # counted
+        (1, 11, cut - 5000, 0, 1, 1, 10),        # a long view and a like
+        (1, 12, cut - 2 * DAY_MS, 1, 0, 0, 0),   # before the 1-day lookback
+        (1, 13, cut, 1, 0, 0, 0),                # at the cut
+    ], "user_id bigint, video_id bigint, time_ms bigint, is_click int, long_view int, is_like int, play_time_ms bigint")
+    got = {(r["task"], r["video_id"]): r["n"] for r in positive_counts(events, cut, lookback_days=1).collect()}
+    assert got == {("click", 10): 2, ("long_view", 11): 1, ("like", 11): 1}
+
+
+def test_the_coverage_interval_contains_its_estimate():
+    users = np.arange(40)
+    shared = pd.DataFrame({"user_id": np.repeat(users, 3), "video_id": np.tile([1, 2, 3], 40), "rank": np.tile([1, 2, 3], 40)})
+    own = shared.assign(video_id=100 + 3 * shared["user_id"] + shared["rank"] - 1)  # 120 distinct videos
+    positives = pd.DataFrame({"user_id": [0], "video_id": [1], "task": ["click"]})
+    row = compare_lists(shared, own, positives, k=3, catalog_size=1000, n_boot=200, seed=0).set_index(
+        ["task", "metric"]).loc[("all", "coverage")]
+    assert row["delta"] == pytest.approx(117 / 1000)
+    # a resample holds ~63 % of the distinct users, so its union covers ~76 of the 120 videos: the
+    # plain percentile interval lies far below the estimate; the recentred one holds it
+    assert row["ci_low"] <= row["delta"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0
+    assert row["p_value"] < 0.05
+
+
+def test_compare_lists_adds_the_ips_slice_when_positives_are_weighted():
+    from evaluation.lists import weight_positives
+
+    weighted, _ = weight_positives(IPS_POSITIVES, IPS_PROPENSITIES, clip=0.25)
+    table = compare_lists(IPS_LISTS, IPS_LISTS, weighted, k=3, catalog_size=100, n_boot=20)
+    assert set(table["slice"]) == {"list@3", "ips_list@3"}
+    ips = table[table["slice"] == "ips_list@3"].set_index(["task", "metric"])
+    assert set(ips.index) == {("click", "recall"), ("click", "ndcg")}
+    assert ips.loc[("click", "recall"), "control_value"] == pytest.approx((3 / 7 + 1) / 2)
+
+
+def test_ab_report_lists_with_ips_from_the_days_before(spark, settings, tmp_path_factory):
+    import dataclasses
+    import datetime as dt
+
+    from pyspark.sql import functions as F
+
+    from conf.lake import write_table
+    from conf.schemas import RECOMMENDATIONS_SCHEMA
+    from conf.settings import ReplaySettings
+    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
+    from evaluation.ab import ABConfig
+    from evaluation.lists import compare_list_arms
+    from evaluation.report import list_section_lines
+    from features.candidates import conform_candidates
+    from features.retrieval import request_time_ms
+    from conf.syntax import ModelRef
+
+    s = dataclasses.replace(settings.with_lake(str(tmp_path_factory.mktemp("ab_ips"))),
+                            replay=ReplaySettings(propensity_gamma=1.0, propensity_clip=0.01))  # p = n / max n
+    day, before, t = dt.date(2022, 5, 4), dt.date(2022, 5, 3), request_time_ms("2022-05-04")
+    recs = [(day, user, name, "1", rank, video, 1.0, "r", "retrieval", "x=1")
+            for name, order in (("ctl", [10, 11, 12]), ("trt", [12, 11, 10])) for user in (1, 2)
+            for rank, video in enumerate(order, 1)]
+    df = spark.createDataFrame(recs, "date date, user_id bigint, model_name string, model_version string, rank int, "
+                                     "video_id bigint, objective double, request_id string, source string, "
+                                     "objective_spec string").withColumn("ranked_at", F.current_timestamp())
+    write_table(df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                            for f in RECOMMENDATIONS_SCHEMA.fields]), s, RECOMMENDATIONS)
+    write_table(conform_candidates(spark.createDataFrame(
+        [(f"r{u}", u, v, t, "retrieval", day) for u in (1, 2) for v in (10, 11, 12)],
+        "request_id string, user_id bigint, video_id bigint, request_time_ms bigint, source string, date date")),
+        s, CANDIDATES)
+    # the day before: v12 clicked 9 times, v10 3 times, v11 once; one more v11 click ends after the cut
+    history = ([(u, 12, t - 1000 * u, 1, 0) for u in range(5, 14)] + [(u, 10, t - 1000 * u, 1, 0) for u in range(5, 8)]
+               + [(5, 11, t - 50_000, 1, 0), (6, 11, t - 10, 1, 100)])
+    log = ([(u, v, ts, c, 0, 0, p, before) for u, v, ts, c, p in history]
+           + [(1, 11, t + 1, 1, 0, 0, 0, day), (1, 12, t + 2, 1, 0, 0, 0, day), (2, 10, t + 3, 1, 0, 0, 0, day)])
+    write_table(spark.createDataFrame(log, "user_id bigint, video_id bigint, time_ms bigint, is_click int, "
+                                           "long_view int, is_like int, play_time_ms bigint, date date"), s, BRONZE_LOG)
+    write_table(spark.createDataFrame([(v,) for v in range(10, 20)], "video_id bigint"), s, BRONZE_VIDEOS)
+    table = compare_list_arms(spark, s, ModelRef("ctl", "1"), ModelRef("trt", "1"), ["2022-05-04"],
+                              ABConfig(n_boot=30), k=2, ips=True)
+    assert set(table["slice"]) == {"list@2", "ips_list@2"}
+    naive = table[table["slice"] == "list@2"].set_index(["task", "metric"])
+    ips = table[table["slice"] == "ips_list@2"].set_index(["task", "metric"])
+    # weights 1/p = max n / n: v12 1, v10 3, v11 9 (the late click not counted: else 4.5)
+    # control lists 10, 11: user 1 hits v11 of v11 + v12 (naive 1/2, IPS 9/10), user 2 hits v10
+    # treatment lists 12, 11: user 1 hits both, user 2 misses
+    assert naive.loc[("click", "recall"), ["control_value", "treatment_value"]].tolist() == [0.75, 0.5]
+    assert ips.loc[("click", "recall"), ["control_value", "treatment_value"]].tolist() == pytest.approx([0.95, 0.5])
+    assert table.attrs["ceiling"]["click"] == (1.0, 1.0)
+    fit = table.attrs["propensity_fits"]["2022-05-04"]["click"]
+    assert (fit.gamma, fit.n_videos, fit.fitted) == (1.0, 3, False)
+    lines = list_section_lines(table)
+    assert lines[0].startswith("Recall ceiling") and "click 1.0000 / 1.0000" in lines[0]
+    assert any(line.startswith("- **click recall** (ips_list@2") for line in lines)

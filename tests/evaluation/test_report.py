@@ -76,3 +76,12 @@ def test_markdown_has_one_line_per_task():
     assert lines[1].startswith("- **like**: B ties on auc")
     assert lines[2].startswith("- **play_time**: B ties on rmse")
     assert "mmoe@1 (B) vs infnet@1 (A)" in md
+
+
+def test_the_report_shows_adjusted_p_values_and_the_slice_family():
+    result = small_result()
+    page, md = render_html(result), render_markdown(result)
+    assert "<th>p_adjusted</th>" in page and "Benjamini-Hochberg" in page
+    slices = [line for line in md.splitlines() if line.startswith("Slices:")]
+    # 2 tab values + 2 new_item values per task, 3 tasks; 120 rows per slice at most (< 100 rows: too small)
+    assert len(slices) == 1 and "of 12 B wins" in slices[0] and "n >= 100" in slices[0]

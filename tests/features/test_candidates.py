@@ -146,3 +146,19 @@ def test_an_older_candidates_table_gets_the_new_columns(spark, settings, tmp_pat
     migrated = spark.read.format("delta").load(s.lake.table_path("candidates"))
     assert validate_candidates(migrated) is None and migrated.first()["source"] == "logged"
     assert add_missing_columns(spark, s, CANDIDATES, CANDIDATES_SCHEMA) == []  # idempotent
+
+
+def test_upgrade_lake_brings_an_older_lake_to_the_schema_once(spark, settings, tmp_path_factory):
+    """What every job runs first (jobs.common.run_job): the old candidates table gains its columns,
+    a second run and an empty lake change nothing."""
+    from conf.lake import upgrade_lake, write_table
+    from conf.tables import CANDIDATES
+
+    s = settings.with_lake(str(tmp_path_factory.mktemp("upgrade_lake")))
+    assert upgrade_lake(spark, s) == []
+    old = spark.createDataFrame([("r1", "i1", 7, 10, 1000, 1, DAY)], "request_id string, impression_id string, "
+                                "user_id bigint, video_id bigint, request_time_ms bigint, tab int, date date")
+    write_table(old, s, CANDIDATES, {"date": DAY.isoformat()})
+    assert upgrade_lake(spark, s) == ["candidates.source", "candidates.channels", "candidates.retrieval_score"]
+    assert spark.read.format("delta").load(s.lake.table_path("candidates")).first()["source"] == "logged"
+    assert upgrade_lake(spark, s) == []

@@ -1,7 +1,8 @@
 """Categorical fields: in range, null/unseen -> 0, deterministic seeded hashing."""
 from __future__ import annotations
 
-from features.categorical import categorical_fields, hash_bucket, local_hour, local_weekday
+from features.categorical import categorical_fields, local_hour, local_weekday
+from features.vocabulary import hash_bucket
 
 
 def test_every_field_is_in_range(timeline_rows, feature_settings):

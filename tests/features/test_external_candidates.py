@@ -25,6 +25,10 @@ ROWS = {  # source row -> raw strings
     12: ("1", "10", "rmix", None, None, None),             # one request id, two users
     13: ("2", "11", "rmix", None, None, None),
     14: ("1", "12", None, str(T - 1), None, None),          # request time on the previous day
+    15: ("1", "13", None, None, "NaN", None),               # a NaN score casts, but must not land
+    16: ("1", "14", None, None, "nan", None),
+    17: ("1", "15", None, None, "Infinity", None),          # so must an infinite one
+    18: ("1", "16", None, None, "-inf", None),
 }
 
 
@@ -47,6 +51,8 @@ def split(spark):
     ([9, 10, 11], "over_max_per_request:2"),
     ([12, 13], "request_mixes_users_or_times"),
     ([14], "request_time_outside_date"),
+    ([15, 16], "nan:retrieval_score"),
+    ([17, 18], "infinite:retrieval_score"),
 ])
 def test_each_bad_case_is_quarantined_with_its_reason(split, rows, reason):
     _, quarantined = split

@@ -1,5 +1,6 @@
 """Retrieval candidates: channels on a hand-built timeline, the strict cut at the request time,
-deduplication, exclusion of seen videos, the popularity fallback, the fused score by hand."""
+the label delay (labels known when playback ends), deduplication, exclusion of seen videos, the
+popularity fallback, the fused score by hand."""
 from __future__ import annotations
 
 import datetime as dt
@@ -18,9 +19,9 @@ RS = RetrievalSettings(candidates_per_request=6, global_margin=2)
 AUTHORS = {1: "B", 2: "C", 3: "C", 4: "A", 5: "A", 6: "A", 7: "C", 8: "C", 9: "C", 10: "C", 11: "C", 12: "A"}
 
 
-def ev(user, video, t, click=0, long_view=0, like=0):
+def ev(user, video, t, click=0, long_view=0, like=0, play=0):
     local_day = dt.date(1970, 1, 1) + dt.timedelta(milliseconds=t + 8 * H)
-    return (user, video, t, click, long_view, like, local_day)
+    return (user, video, t, click, long_view, like, local_day, play)
 
 
 PAST = [
@@ -44,7 +45,7 @@ FUTURE = [  # at or after the request time: none of them may change anything
 
 def frames(spark, events, history_last_u3=T):
     e = spark.createDataFrame(events, "user_id bigint, video_id bigint, time_ms bigint, is_click int, "
-                                      "long_view int, is_like int, date date")
+                                      "long_view int, is_like int, date date, play_time_ms bigint")
     videos = spark.createDataFrame([(v, ord(a)) for v, a in AUTHORS.items()], "video_id bigint, author_id bigint")
     history = spark.createDataFrame(
         [(1, T - 100 * 86_400_000, [10]), (3, history_last_u3, [3])],  # user 3's history ends AT T: not before
@@ -52,10 +53,10 @@ def frames(spark, events, history_last_u3=T):
     return e, videos, history
 
 
-def run(spark, events, rs=RS, users=(1, 3)):
+def run(spark, events, rs=RS, users=(1, 3), label_delay=None):
     e, videos, history = frames(spark, events)
     requests = make_requests(spark.createDataFrame([(u,) for u in users], "user_id bigint"), DATE, T)
-    rows = retrieval_candidates(e, videos, requests, rs, history).collect()
+    rows = retrieval_candidates(e, videos, requests, rs, history, label_delay=label_delay).collect()
     return {(r["user_id"], r["video_id"]): r for r in rows}, rows
 
 
@@ -141,3 +142,87 @@ def test_a_request_gets_the_users_usual_tab_else_the_days(spark):
     by_user = {r["user_id"]: got[r["request_id"]] for r in requests.collect()}
     # user 1: tab 4 twice; user 3 has no impression: the day's most frequent tab (1: three times, 4 twice, 2 once)
     assert by_user == {1: 4, 3: 1}
+
+
+# -- the label delay: an event's labels are known when its playback ends -----------------------------
+LATE, EARLY = 45 * MIN, 5 * MIN  # every probe below starts 10..40 min before T: ends after / before T
+
+
+def delay_timeline(play, labels=True):
+    """Settled events (play 0) and four probes of play time ``play``; ``labels=False`` zeroes the
+    probes' labels (an impression without labels)."""
+    on = int(labels)
+    return [
+        ev(2, 4, T - 3 * H, click=1), ev(2, 2, T - 3 * H + 10 * MIN, click=1),  # edge v4-v2
+        ev(1, 4, T - 10 * MIN, click=on, play=play),                          # probe A: user 1's seed, author A
+        ev(6, 5, T - H),                                                      # author A shows v5
+        ev(3, 3, T - 40 * MIN, click=1), ev(3, 7, T - 20 * MIN, click=on, play=play),  # probe B: edge v3-v7
+        ev(4, 3, T - 5 * H, click=1),                                         # user 4's seed v3
+        ev(5, 2, T - 5 * H, like=1), ev(6, 8, T - 10 * MIN, play=play),       # user 5 likes author C; C shows v8
+        ev(6, 9, T - 30 * MIN, long_view=on, play=play),                      # probe C: v9's long view
+        ev(7, 10, T - 10 * MIN, click=on, play=play),                         # probe D: a click on v10
+    ]
+
+
+def signals(spark, events, label_delay):
+    """Each label-based signal of the channels, and the seen videos, keyed by user / video."""
+    from features.retrieval import author_channel, click_counts, covisit_channel, seen_videos, trending_videos
+
+    e, videos, _ = frames(spark, events)
+    requests = make_requests(spark.createDataFrame([(u,) for u in (1, 3, 4, 5)], "user_id bigint"), DATE, T)
+    user = {r["request_id"]: r["user_id"] for r in requests.collect()}
+    times = requests.select("request_time_ms").distinct()
+    per_request = lambda df: {(user[r["request_id"]], r["video_id"]): r["channel_score"]  # noqa: E731
+                              for r in df.collect()}
+    return {
+        "covisit": per_request(covisit_channel(e, requests, RS, label_delay)),
+        "author": per_request(author_channel(e, videos, requests, RS, label_delay)),
+        "trending": {r["video_id"]: r["channel_score"]
+                     for r in trending_videos(e, times, RS, 50, label_delay).collect()},
+        "clicks": {r["video_id"]: r["clicks"] for r in click_counts(e, times, 7, label_delay).collect()},
+        "seen": {(user[r["request_id"]], r["video_id"]) for r in seen_videos(e, requests).collect()},
+    }
+
+
+def test_labels_whose_playback_ends_after_the_request_time_are_not_used(spark):
+    from features.statistics import RATE_PRIORS
+
+    late, early = signals(spark, delay_timeline(LATE), None), signals(spark, delay_timeline(EARLY), None)
+    p, s = RATE_PRIORS["long_view"], RS.trending_prior_strength
+    # playback ended before T: every probe's labels count
+    assert {(1, 2), (4, 7)} <= set(early["covisit"])                    # seed v4 -> v2; edge v3-v7
+    assert (1, 5) in early["author"] and (5, 8) in early["author"]      # user 1 engaged author A (v4)
+    assert early["trending"][9] == pytest.approx((1 + p * s) / (1 + s))
+    assert early["clicks"][10] == 1 and early["clicks"][4] == 2
+    # playback ends after T: no seed, no edge, no engagement, no long view, no click
+    assert not any(u == 1 for u, _ in late["covisit"]) and (4, 7) not in late["covisit"]
+    assert not any(u == 1 for u, _ in late["author"])
+    assert late["author"][(3, 8)] == early["author"][(3, 8)] / 2      # user 3: author C engaged once, not twice
+    assert late["trending"][9] == pytest.approx(p * s / (1 + s))       # the impression counts, not its long view
+    assert 10 not in late["clicks"] and late["clicks"][4] == 1
+    # the fact of an impression is known when it happens: author C's v8, user 1's seen v4
+    user5 = lambda sig: {k: v for k, v in sig["author"].items() if k[0] == 5}  # noqa: E731
+    assert (5, 8) in late["author"] and user5(late) == user5(early)
+    assert late["seen"] == early["seen"] and (1, 4) in late["seen"]
+    # label_delay off: the old cut at time_ms, playback ignored
+    assert signals(spark, delay_timeline(LATE), False) == signals(spark, delay_timeline(EARLY), False) == early
+
+
+def test_a_late_event_counts_as_an_impression_without_labels(spark):
+    users = (1, 3, 4, 5)
+
+    def key(rows):
+        return sorted((r["user_id"], r["video_id"], r["channels"], r["retrieval_score"]) for r in rows)
+    late = key(run(spark, delay_timeline(LATE), users=users)[1])
+    assert late == key(run(spark, delay_timeline(LATE, labels=False), users=users)[1])
+    assert late != key(run(spark, delay_timeline(EARLY), users=users)[1])
+    assert key(run(spark, delay_timeline(LATE), users=users, label_delay=False)[1]) == \
+        key(run(spark, delay_timeline(EARLY), users=users)[1])
+
+
+def test_the_label_delay_needs_play_time(spark):
+    e, videos, _ = frames(spark, PAST)
+    requests = make_requests(spark.createDataFrame([(1,)], "user_id bigint"), DATE, T)
+    with pytest.raises(ValueError, match="play_time_ms"):
+        retrieval_candidates(e.drop("play_time_ms"), videos, requests, RS)
+    assert retrieval_candidates(e.drop("play_time_ms"), videos, requests, RS, label_delay=False).count() > 0

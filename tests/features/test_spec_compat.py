@@ -38,7 +38,11 @@ def test_build_features_takes_feature_setting_overrides_as_typed_values():
 
     import pytest
 
-    from jobs.build_features import build_parser, parse_feature_setting
+    from conf.settings import parse_feature_override
+    from conf.syntax import flag_type
+    from jobs.build_features import build_parser
+
+    parse_feature_setting = flag_type(parse_feature_override)
 
     assert parse_feature_setting("rate_buckets=100") == ("rate_buckets", 100)
     assert parse_feature_setting("dense_stats=true") == ("dense_stats", True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.common import catalog_in_use_message, derby_held_by_another_process, is_catalog_in_use_error
+from conf.errors import catalog_in_use_message, derby_held_by_another_process, is_catalog_in_use_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def test_losing_the_race_for_the_catalog_is_one_line_too(settings):
     """When the other job boots Derby after our probe, the metastore start fails inside Spark
     (XSDB6): still one line and exit 2, with the metastore's retries kept off the terminal."""
     code = (
-        "import sys, jobs.common as c\n"
+        "import sys, conf.errors as c\n"
         "c.derby_held_by_another_process = lambda _: False  # lose the race: the probe saw no holder\n"
         "from jobs.sql import main\n"
         f"sys.exit(main(['--lake', {settings.lake.root!r}, 'SELECT 1']))\n"

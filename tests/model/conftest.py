@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+import torch
 
 from features.spec import demo_spec
 from model.synthetic import synthetic_examples
 
 DAYS = ["2022-04-25", "2022-04-26", "2022-04-27"]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two (modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_examples(spark, table: pa.Table, path: str, replace_date: str | None = None) -> None:

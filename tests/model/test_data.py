@@ -36,7 +36,8 @@ def test_dense_columns_become_a_float_matrix_with_nulls_as_zero():
     from features.spec import DenseField, demo_spec
     from model.data import arrow_to_batch, model_inputs
 
-    spec = replace(demo_spec(seq_len=2), dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
+    spec = replace(demo_spec(seq_len=2),
+                   dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
     cols = {c.column: pa.array([1, 2]) for c in spec.categorical}
     for s in spec.sequences:
         cols[s.column], cols[s.gap_column] = pa.array([[5], []]), pa.array([[0.5], []])

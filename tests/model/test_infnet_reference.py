@@ -148,7 +148,8 @@ def reference_forward(model: INFNet, batch: dict[str, torch.Tensor]) -> list[lis
                 new["Sp"] = update("Sp", Sp, flow(Sp, [("sp_c", C, all_valid(C)), ("sp_t", T, all_valid(T))]))
             if "Tp" in norms:  # T~' = CA(T~, C, C) + CA(T~, S, S)
                 new["Tp"] = update("Tp", Tp, flow(Tp, [("tp_c", C, all_valid(C)), ("tp_s", S, valid)]))
-            gate_from = {"Cp": Cp, "Sp": Sp, "Tp": Tp} if cfg.gate_source == "layer" else {**{"Cp": Cp, "Sp": Sp, "Tp": Tp}, **new}
+            proxies = {"Cp": Cp, "Sp": Sp, "Tp": Tp}
+            gate_from = proxies if cfg.gate_source == "layer" else {**proxies, **new}
             new_C = pgu("C", C, gate_from["Cp"]) if "C" in gates else C  # C' = PGU(C, C~)
             new_S = S
             if "S" in gates:  # S' = PGU(S, S~), padding stays zero

@@ -53,6 +53,25 @@ def test_a_retrieval_term_blends_the_retrieval_score_in(spark):
     assert [(r["video_id"], round(r["objective"], 6)) for r in blended] == [(11, 2.5), (13, 2.0), (10, 1.0), (12, 0.9)]
 
 
+def test_the_exposure_objective_multiplies_the_task_terms_by_p_exposed(spark):
+    from pyspark.sql import functions as F
+
+    exposed = {10: 0.9, 11: 0.1, 12: 0.5, 13: 0.2}
+    df = spark.createDataFrame(ROWS[:4], SCORES).withColumn(
+        "score_exposed", F.element_at(F.create_map(*[F.lit(x) for kv in exposed.items() for x in kv]), F.col("video_id")))
+    weights = parse_objective("expected_actions")
+    assert weights == parse_objective("exposed*click=1,long_view=1,like=1")
+    got = top_k(df, weights, k=4).orderBy("rank").collect()
+    # v10: .9 x 1.0 = .9; v12: .5 x .9 = .45; v13: .2 x 2.0 = .4; v11: .1 x 1.0 = .1
+    assert [(r["video_id"], round(r["objective"], 6)) for r in got] == [(10, 0.9), (12, 0.45), (13, 0.4), (11, 0.1)]
+    with_retrieval = top_k(df.withColumn("retrieval_score", F.lit(0.01)), parse_objective(
+        "exposed*click=1,long_view=1,like=1,retrieval=10"), k=1).first()
+    assert round(with_retrieval["objective"], 6) == 1.0  # the retrieval term is added outside the product
+    for bad in ("exposed*", "a=1*click=1", "exposed*,"):
+        with pytest.raises(ValueError):
+            parse_objective(bad)
+
+
 def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_factory, capsys):
     from pyspark.sql import functions as F
 
@@ -75,9 +94,10 @@ def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_fact
         (F.lit(100.0) - F.col("video_id")).alias("retrieval_score")))  # retrieval order: smaller id first
     write_table(cands, s, CANDIDATES)
     log = spark.createDataFrame(  # user 1 clicks v11 on the date, v13 was clicked the day before (popularity)
-        [(1, 11, t + 5, 1, 0, 0, DAY), (2, 13, t - 5, 1, 0, 0, DAY - dt.timedelta(days=1)),
-         (9, 13, t - 9, 1, 0, 0, DAY - dt.timedelta(days=1))],
-        "user_id bigint, video_id bigint, time_ms bigint, is_click int, long_view int, is_like int, date date")
+        [(1, 11, t + 5, 1, 0, 0, 0, DAY), (2, 13, t - 5, 1, 0, 0, 0, DAY - dt.timedelta(days=1)),
+         (9, 13, t - 9, 1, 0, 0, 0, DAY - dt.timedelta(days=1))],
+        "user_id bigint, video_id bigint, time_ms bigint, is_click int, long_view int, is_like int, "
+        "play_time_ms bigint, date date")
     write_table(log, s, BRONZE_LOG)
     write_table(spark.createDataFrame([(v,) for v in range(10, 30)], "video_id bigint"), s, BRONZE_VIDEOS)
 
@@ -86,19 +106,24 @@ def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_fact
     assert [(r["user_id"], r["rank"], r["video_id"]) for r in recs] == [(1, 1, 13), (1, 2, 10), (2, 1, 10)]
     assert recs[0]["channels"] == ["popular"] and recs[0]["feature_version"] == 7
     assert {r["objective_spec"] for r in recs} == {"click=1,long_view=1,like=1"}
-    metrics = {(r["model_name"], r["task"], r["metric"]): r for r in
-               spark.read.format("delta").load(s.lake.table_path("metrics")).collect()}
+    rows = spark.read.format("delta").load(s.lake.table_path("metrics")).collect()
+    metrics = {(r["model_name"], r["task"], r["metric"]): r for r in rows if r["slice"] == "list@2"}
     # user 1's only positive, v11: not in the model's top 2 (13, 10); first in the retrieval
     # order? no: 10 (score 90) then 11 (89) -> rank 2, NDCG 1/log2(3); popularity puts v13 first, then 10
     assert metrics[("m", "click", "recall")]["value"] == 0.0 and metrics[("m", "click", "recall")]["n"] == 1
     assert metrics[("retrieval_order", "click", "ndcg")]["value"] == pytest.approx(0.6309298, rel=1e-6)
     assert metrics[("popularity", "click", "hit_rate")]["value"] == 0.0
     assert metrics[("m", "all", "coverage")]["value"] == pytest.approx(2 / 20)
-    assert {r["slice"] for r in metrics.values()} == {"list@2"}
+    assert {r["slice"] for r in metrics.values()} == {"list@2"} and {r["slice"] for r in rows} == {"list@2", "ips_list@2"}
+    ips = {(r["model_name"], r["task"], r["metric"]): r["value"] for r in rows if r["slice"] == "ips_list@2"}
+    # one positive per user: the IPS replay equals the naive one; the ceiling: v11 is among user 1's candidates
+    assert ips[("retrieval_order", "click", "ndcg")] == pytest.approx(0.6309298, rel=1e-6)
+    assert ips[("m", "click", "recall_ceiling")] == 1.0 == metrics[("m", "click", "recall_ceiling")]["value"]
     out = capsys.readouterr().out
     assert "list metrics @2" in out and "3 list entries for 2 users" in out
+    assert "IPS-weighted list metrics @2" in out and "propensities click: gamma" in out
     # idempotent: a rerun replaces the lists and the metrics
     assert main(["--lake", s.lake.root, "--model", "m@1", "--date", "2022-05-04", "--k", "2"]) == 0
     assert spark.read.format("delta").load(s.lake.table_path("recommendations")).count() == 3
-    assert spark.read.format("delta").load(s.lake.table_path("metrics")).count() == len(metrics)
+    assert spark.read.format("delta").load(s.lake.table_path("metrics")).count() == len(rows)
     assert main(["--lake", s.lake.root, "--model", "m@1", "--date", "2022-05-04", "--objective", "click=x"]) == 2

@@ -228,3 +228,42 @@ def test_dense_inputs_score_the_same_in_both_layouts_with_and_without_reuse(tmp_
     moved = data.set_column(data.schema.get_field_index("dense_video_like_rate_logit"), "dense_video_like_rate_logit",
                             pa.array(np.full(data.num_rows, 5.0, np.float32)))
     assert np.abs(score_record_batch(predictor, moved)["click"] - naive["click"]).max() > 1e-6
+
+
+def test_score_date_writes_one_score_row_per_candidate_with_its_source(spark, settings, tmp_path_factory):
+    """The score job's step in process (tiny model, request-packed input of one date): the date's
+    slice of ``scores`` holds every candidate once, with the model version, the feature version,
+    each candidate's own source and the scores of the model called directly; the table gets its
+    [0, 1] constraint; a count that does not match the candidates is a ScoringError."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import qualified_name, read_table
+    from conf.tables import SCORES
+    from features.candidate_features import PASSTHROUGH
+    from model.scoring import ScoringError, candidate_counts, score_date
+
+    s = settings.with_lake(str(tmp_path_factory.mktemp("score_date_lake")))
+    ModelStore(s.lake.model_store).save("infnet", build_model("infnet", SPEC, seed=0), SPEC, architecture="infnet")
+    info = ModelStore(s.lake.model_store).info("infnet@1")
+    data = candidate_batch(seed=4)
+    flat = spark.createDataFrame(pa.Table.from_batches([data]).to_pandas())
+    candidates = flat.select(*PASSTHROUGH, F.lit(1_000).cast("long").alias("request_time_ms"),
+                             F.when(F.col("request_id") == "r2", "logged").otherwise("retrieval").alias("source"))
+    counts = candidate_counts(candidates)
+    assert (counts["n"], counts["requests"], counts["last"], counts["sources"]) == (9, 3, 1_000, ["logged", "retrieval"])
+    rows = pack_requests(flat, SPEC, PASSTHROUGH)
+    done = score_date(spark, s, info, "2022-05-04", rows, candidates, counts["n"], counts["sources"],
+                      ScoringSettings(layout="packed"), feature_version=3)
+    assert done.n_scored == 9 and done.out_of_vocabulary == {}
+    got = read_table(spark, s, SCORES).orderBy("impression_id").toPandas()
+    assert got["impression_id"].tolist() == sorted(data.column("impression_id").to_pylist())
+    assert set(zip(got["model_name"], got["model_version"], got["feature_version"])) == {("infnet", "1", 3)}
+    assert got["source"].tolist() == ["logged" if r == "r2" else "retrieval" for r in got["request_id"]]
+    direct = score_record_batch(load_predictor(s.lake.model_store, "infnet@1"), data, reuse_user_side=False)
+    order = np.argsort(np.array(data.column("impression_id").to_pylist()))
+    np.testing.assert_allclose(got["score_click"], direct["click"][order], rtol=1e-5, atol=1e-6)
+    properties = {r["key"] for r in spark.sql(f"SHOW TBLPROPERTIES {qualified_name(s, SCORES)}").collect()}
+    assert "delta.constraints.scores_are_probabilities" in properties
+    with pytest.raises(ScoringError, match="scored 9 rows for 10 candidates"):
+        score_date(spark, s, info, "2022-05-04", rows, candidates, 10, ["retrieval"], ScoringSettings(layout="packed"),
+                   feature_version=3, source="retrieval")

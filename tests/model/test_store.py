@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from conf.syntax import parse_ref
 from features.spec import FeatureSpecMismatch, demo_spec
 from model.registry import build_model
 from model.predict import load_predictor, predict_columns
-from model.store import ModelNotFound, ModelStore, parse_ref
+from model.store import ModelNotFound, ModelStore
 from model.synthetic import synthetic_examples
 
 SPEC = demo_spec(seq_len=5)
@@ -102,3 +103,42 @@ def test_predictor_accepts_arrow_pandas_and_dicts(tmp_path):
         np.testing.assert_allclose(from_arrow[task], from_dict[task], rtol=1e-6)
     with pytest.raises(KeyError, match="cat_user_id"):
         predictor.predict(table.drop_columns(["cat_user_id"]).to_pandas())
+
+
+def test_a_truncated_or_altered_weights_file_is_one_line_naming_it(tmp_path):
+    from model.store import CorruptModel
+
+    info = save(str(tmp_path))
+    weights = tmp_path / "ranker" / "000001" / "weights.pt"
+    original = weights.read_bytes()
+    assert json.loads((weights.parent / "info.json").read_text())["weights_sha256"] == info.weights_sha256
+    weights.write_bytes(original[:1000])  # cut, as a failed copy leaves it
+    with pytest.raises(CorruptModel, match=r"^ranker@1: .*weights.pt is not the file that was saved \(1,000 bytes") as err:
+        ModelStore(str(tmp_path)).load("ranker")
+    assert "\n" not in str(err.value)
+    altered = bytearray(original)
+    altered[-10] ^= 1  # one bit, same size: only the checksum notices
+    weights.write_bytes(bytes(altered))
+    with pytest.raises(CorruptModel, match="is not the file that was saved"):
+        ModelStore(str(tmp_path)).load("ranker@1")
+
+
+def test_an_artifact_without_a_checksum_still_loads_or_names_what_does_not_fit(tmp_path):
+    from model.store import CorruptModel
+
+    save(str(tmp_path))
+    folder = tmp_path / "ranker" / "000001"
+    stored = json.loads((folder / "info.json").read_text())
+    stored.pop("weights_sha256")  # as an older code version wrote it
+    (folder / "info.json").write_text(json.dumps(stored))
+    model, info = ModelStore(str(tmp_path)).load("ranker@1")
+    assert info.weights_sha256 is None and model is not None
+    (folder / "weights.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CorruptModel, match=r"^ranker@1: .*weights.pt cannot be read as weights \(16 bytes\)"):
+        ModelStore(str(tmp_path)).load("ranker@1")
+    stored["model_config"] = {**SMALL, "bottom_hidden": [32]}  # the code now builds another shape
+    (folder / "info.json").write_text(json.dumps(stored))
+    save(str(tmp_path), name="other")
+    (folder / "weights.pt").write_bytes((tmp_path / "other" / "000001" / "weights.pt").read_bytes())
+    with pytest.raises(CorruptModel, match=r"does not fit the shared_bottom this code builds .*shapes differ"):
+        ModelStore(str(tmp_path)).load("ranker@1")

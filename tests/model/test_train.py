@@ -7,11 +7,11 @@ import torch
 from features.spec import demo_spec
 from model.data import arrow_to_batch
 from model.loaders import TensorBatches
+from model.losses import MultiTaskLoss
 from model.registry import build_model
 from model.synthetic import synthetic_examples
 from model.train import (
     EarlyStopper,
-    MultiTaskLoss,
     TrainConfig,
     TrainProgress,
     build_and_train,
@@ -206,7 +206,7 @@ def test_embedding_lr_gives_the_tables_their_own_step():
 def test_default_task_weights_apply_only_to_tasks_the_spec_has():
     import dataclasses
 
-    from model.train import DEFAULT_TASK_WEIGHTS, resolve_task_weights
+    from model.losses import DEFAULT_TASK_WEIGHTS, resolve_task_weights
 
     assert resolve_task_weights(SPEC) == DEFAULT_TASK_WEIGHTS == {"like": 10.0}
     assert resolve_task_weights(SPEC, {"like": 1.0, "click": 2.0}) == {"like": 1.0, "click": 2.0}
@@ -221,7 +221,9 @@ def test_default_task_weights_apply_only_to_tasks_the_spec_has():
 def test_task_weight_flag_takes_numbers_only():
     import argparse
 
-    from jobs.train import build_parser, parse_task_weight, train_config_from_args
+    from jobs.train import build_parser
+    from model.train import TrainConfig
+    from model.losses import parse_task_weight
 
     assert parse_task_weight("like=10") == ("like", 10.0) and parse_task_weight("click=0.5") == ("click", 0.5)
     for bad in ("like=x", "like=true", "like"):
@@ -229,7 +231,7 @@ def test_task_weight_flag_takes_numbers_only():
             parse_task_weight(bad)
     args = build_parser().parse_args(["--model", "infnet", "--train-dates", "2022-04-25", "--valid-dates",
                                       "2022-04-26", "--task-weight", "like=2", "--embedding-lr", "1e-4"])
-    config = train_config_from_args(args)
+    config = TrainConfig.from_flags(vars(args))
     assert config.task_weights == {"like": 2.0} and config.embedding_lr == 1e-4
 
 
@@ -261,3 +263,50 @@ def test_gradnorm_learns_weights_that_keep_their_sum():
     assert abs(weights["like"] - 10.0) > 1e-3 and all(v > 0 for v in weights.values())
     with pytest.raises(ValueError, match="one of"):
         MultiTaskLoss(SPEC, uncertainty_weighting=True, gradnorm=True)
+
+
+def test_pareto_loss_takes_the_min_norm_point_of_the_task_gradients_on_the_shared_layer():
+    from model.losses import min_norm_weights
+
+    loss = MultiTaskLoss(SPEC, {"like": 10.0}, pareto=True, pareto_fixed_weights="sum")
+    torch.testing.assert_close(loss.pareto_weights, torch.tensor([1.0, 10.0, 1.0, 1.0]))  # before the first step
+    shared = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [-1.0, 0.0]])  # ∇_W L_i = a_i; task 2 without gradient
+    losses = (a * shared).sum(1) + torch.tensor([0.0, 0.0, 0.5, 2.0])
+    got = loss.pareto_loss(losses, [shared])
+    # min-norm point of (1,0), (0,1), (-1,0): 0, at a = (1/2, 0, 1/2); weights scaled to Σ λ = 13
+    torch.testing.assert_close(loss.pareto_weights, torch.tensor([6.5, 0.0, 0.0, 6.5]))
+    assert got.item() == pytest.approx((loss.pareto_weights * losses).sum().item())
+    (grad,) = torch.autograd.grad(got, shared)  # the weights are constants: Σ w_i a_i
+    torch.testing.assert_close(grad, torch.tensor([0.0, 0.0]))
+    assert loss(torch.zeros(2, 4), torch.ones(2, 4), torch.ones(2, 4))[0].item() == pytest.approx(
+        (loss.pareto_weights * loss.per_task(torch.zeros(2, 4), torch.ones(2, 4), torch.ones(2, 4))).sum().item())
+    scaled = MultiTaskLoss(SPEC, {"like": 10.0}, pareto=True)  # "scale": solve on λ_i a_i
+    scaled.pareto_loss((a * shared).sum(1), [shared])
+    g = a[[0, 1, 3]] * torch.tensor([[1.0], [10.0], [1.0]])
+    alpha = min_norm_weights(g @ g.T) * torch.tensor([1.0, 10.0, 1.0])
+    torch.testing.assert_close(scaled.pareto_weights[[0, 1, 3]], alpha * 13.0 / alpha.sum())
+
+
+def test_pareto_weighting_trains_and_excludes_the_other_balancers():
+    result = build_and_train(MODEL, SPEC, data(300, 1, shuffle=True), data(100, 2), None,
+                             quick_config(pareto=True, epochs=1), builder=builder)
+    weights = result.metrics["pareto_weights"]
+    assert set(weights) == {t.name for t in SPEC.tasks} and all(v >= 0 for v in weights.values())
+    assert sum(weights.values()) == pytest.approx(13.0, rel=1e-5)  # Σ λ: like 10, the others 1
+    assert weights != {"click": 1.0, "like": 10.0, "long_view": 1.0, "play_time": 1.0}
+    assert "pareto_weights" in result.history[-1]
+    for other in ({"gradnorm": True}, {"uncertainty_weighting": True}):
+        with pytest.raises(ValueError, match="one of"):
+            MultiTaskLoss(SPEC, pareto=True, **other)
+    with pytest.raises(ValueError, match="pareto_fixed_weights"):
+        MultiTaskLoss(SPEC, pareto=True, pareto_fixed_weights="product")
+
+
+def test_pareto_flag_reaches_the_train_config():
+    from jobs.train import build_parser
+    from model.train import TrainConfig
+
+    base = ["--model", "infnet", "--train-dates", "2022-04-25", "--valid-dates", "2022-04-26"]
+    assert TrainConfig.from_flags(vars(build_parser().parse_args(base + ["--pareto"]))).pareto is True
+    assert TrainConfig.from_flags(vars(build_parser().parse_args(base))).pareto is False

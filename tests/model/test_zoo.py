@@ -21,17 +21,13 @@ DENSE_SPEC = replace(SPEC, dense=(DenseField("user_n_prior_log1p", "user"), Dens
                                   DenseField("author_n_prior_log1p", "item")))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/model/conftest.py
 
 
 def test_the_registry_lists_the_issue_s_models():
-    assert MODEL_NAMES == ("infnet", "shared_bottom", "mmoe", "omoe", "ple", "stem", "dcnv2", "din", "deepfm")
+    assert MODEL_NAMES == ("infnet", "shared_bottom", "mmoe", "omoe", "ple", "stem", "dcnv2", "din", "deepfm", "hstu",
+                           "cgc", "wide_deep", "fm", "xdeepfm", "autoint", "fibinet", "nfm", "afm", "pnn", "gdcn",
+                           "dien", "dsin", "sim", "bst")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("wukong", SPEC)
     with pytest.raises(ValueError, match="unknown MMoEConfig field"):
