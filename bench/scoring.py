@@ -44,6 +44,8 @@ the point here is the scoring path, not the feature build. Usage::
 """
 from __future__ import annotations
 
+import functools
+
 import argparse
 import os
 import re
@@ -107,6 +109,16 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+@functools.lru_cache(maxsize=None)
+def artifact_of(store: str, ref: str) -> str:
+    """The artifact folder of ``ref`` in the benchmark's store (its registry in the store root)."""
+    return ModelStore(store).info(ref).path
+
+
+def stored_predictor(store: str, ref: str, device: str):
+    return get_predictor(artifact_of(store, ref), ref, device)
+
+
 def direct(store: str, ref: str, path: str, n_candidates: int, batch_rows: int, reuse: bool, device: str,
            layout: str = "flat", max_rows: int | None = None) -> float:
     """Candidates/s of the model called in this process, reading the same Parquet file batch by batch.
@@ -114,7 +126,7 @@ def direct(store: str, ref: str, path: str, n_candidates: int, batch_rows: int, 
     ``batch_rows`` counts file rows: candidates for ``flat``, requests for ``packed``. ``max_rows``
     (flat only): stop after the batch that reaches that many rows (the rate is over the rows read).
     """
-    predictor = get_predictor(store, ref, device)
+    predictor = stored_predictor(store, ref, device)
     source = pq.ParquetFile(path)
 
     def score(batch: pa.RecordBatch) -> None:
@@ -146,7 +158,7 @@ def packed_calls(path: str, per_request: int, call_candidates: int, max_calls: i
 
 def call_size_rate(store: str, ref: str, calls: list[pa.RecordBatch], device: str) -> float:
     """Candidates/s of score_packed_batch over ``calls`` (after one warm-up call)."""
-    predictor = get_predictor(store, ref, device)
+    predictor = stored_predictor(store, ref, device)
     score_packed_batch(predictor, calls[0])
     n = sum(len(c.column("candidates").flatten()) for c in calls)
     t0 = time.perf_counter()
@@ -186,7 +198,7 @@ def run_model_alone(model, inputs) -> int:
 def model_alone_rate(store: str, ref: str, calls: list[pa.RecordBatch], device: str) -> float:
     """Candidates/s of the model alone on the same calls: the inputs are converted and moved to
     the device first (untimed), then only ``encode_user`` + the candidate part run (timed)."""
-    predictor = get_predictor(store, ref, device)
+    predictor = stored_predictor(store, ref, device)
     inputs = built_inputs(predictor, calls, device)
     run_model_alone(predictor.model, inputs[:1])  # warm-up
     t0 = time.perf_counter()
@@ -360,7 +372,7 @@ def spark_rate(spark, path: str, n_candidates: int, store: str, ref: str, spec: 
     def mapped(rows):
         if udf == "transfer":
             return rows.mapInArrow(_drain, ddl)
-        scorer = make_batch_scorer(store, ref, PASSTHROUGH,
+        scorer = make_batch_scorer(artifact_of(store, ref), ref, PASSTHROUGH,
                                    ScoringSettings(batch_rows=batch_rows, udf=udf, device=device, layout=layout))
         return rows.mapInPandas(scorer, ddl) if udf == "pandas" else rows.mapInArrow(scorer, ddl)
 
@@ -434,7 +446,7 @@ def _run(args, n_rows: int, reuse_rows: int | None, sweep_candidates: int, figur
           f"{args.threads} threads, {os.cpu_count()} cores, load average {figures.data['load_average']['start']}; "
           f"files: flat {os.path.getsize(flat) / 2**20:,.0f} MiB, packed {os.path.getsize(packed) / 2**20:,.0f} MiB; "
           f"every figure: median (min-max) of {args.repeats} interleaved repeats")
-    infnet = get_predictor(store, "infnet@1", args.device).model
+    infnet = stored_predictor(store, "infnet@1", args.device).model
 
     def flat_arm(ref: str, reuse: bool, fold: bool = True):
         def arm() -> float:
@@ -504,8 +516,8 @@ def _profile(args, figures, spec, store, packed, infnet) -> None:
     torch.set_num_threads(1)
     calls = packed_calls(packed, args.per_request, args.profile_candidates, max_calls=args.profile_calls)
     n_profile = sum(len(c.column("candidates").flatten()) for c in calls)
-    models = {"infnet": infnet, "mmoe": get_predictor(store, "mmoe@1", args.device).model}
-    inputs = built_inputs(get_predictor(store, "infnet@1", args.device), calls, args.device)
+    models = {"infnet": infnet, "mmoe": stored_predictor(store, "mmoe@1", args.device).model}
+    inputs = built_inputs(stored_predictor(store, "infnet@1", args.device), calls, args.device)
 
     def alone(model: nn.Module, fold: bool = True):
         def arm() -> float:
@@ -584,7 +596,7 @@ def _models(args, figures, store, flat_arm, rows_read) -> None:
     for name, values in runs.items():
         figures.rate(f"{name}_reuse_flat", values, unit="rows/s")
         cost = figures.ratio(f"{name}_vs_infnet_time_per_row", per_round(runs["infnet"], values))
-        params = sum(p.numel() for p in get_predictor(store, f"{name}@1", args.device).model.parameters())
+        params = sum(p.numel() for p in stored_predictor(store, f"{name}@1", args.device).model.parameters())
         print(f"  {name:<7} {fmt(summary(values)):>30} rows/s   {fmt(cost, 2)}x INFNet's time per row   {params:,} params")
 
 

@@ -519,6 +519,17 @@ class ReplaySettings:
 
 
 @dataclass(frozen=True)
+class PromotionSettings:
+    """``infnet promote``: which A/B result moves a registry alias (evaluation/promotion.py), and the
+    aliases the jobs set. Metrics are ``task:metric`` rows of the report's overall slice."""
+
+    primary: str = "click:auc"  # the candidate must win here (CI above zero in its favour)
+    guards: tuple[str, ...] = ("long_view:auc", "like:auc")  # ... and lose on none of these
+    champion_alias: str = "champion"  # what promote moves by default; the daily DAG's control
+    challenger_alias: str = "challenger"  # each new version of a name gets it (infnet train)
+
+
+@dataclass(frozen=True)
 class Settings:
     lake: LakeSettings = field(default_factory=LakeSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
@@ -533,6 +544,7 @@ class Settings:
     candidates: CandidateSettings = field(default_factory=CandidateSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
 
     def with_lake(self, root: str | None) -> "Settings":
         return self if not root else replace(self, lake=replace(self.lake, root=root))

@@ -3,19 +3,21 @@
 Standard library only: the Airflow DAGs import this module in their own venv, which has neither
 pyspark nor torch. One rule each, so that a value the DAGs accept is a value the jobs accept:
 
-- a model reference is ``NAME`` (the newest version) or ``NAME@VERSION``, the version an integer;
-  :data:`MODEL_REF_PATTERN` is the rule as one regular expression (for a JSON-schema ``pattern``,
-  e.g. an Airflow ``Param``), :func:`parse_ref` the same rule as a parser;
+- a model reference is ``NAME`` (the newest version), ``NAME@VERSION`` (an integer) or
+  ``NAME@ALIAS`` (a registry alias such as ``champion``: lower case, not ``latest`` nor ``v<digits>``,
+  which MLflow reserves); :data:`MODEL_REF_PATTERN` is the rule as one regular expression (for a
+  JSON-schema ``pattern``, e.g. an Airflow ``Param``), :func:`parse_ref` the same rule as a parser;
 - dates are ``YYYY-MM-DD``, a comma list of them, or a range ``a..b`` (:func:`parse_dates`).
 
->>> parse_ref("mmoe@2"), parse_ref("infnet")
-(('mmoe', 2), ('infnet', None))
->>> [bool(re.fullmatch(MODEL_REF_PATTERN, v)) for v in ("mmoe@2", "mmoe", "mmoe@latest", "_x")]
-[True, True, False, False]
+>>> parse_ref("mmoe@2"), parse_ref("infnet"), parse_ref("infnet@champion")
+(('mmoe', 2), ('infnet', None), ('infnet', 'champion'))
+>>> [bool(re.fullmatch(MODEL_REF_PATTERN, v))
+...  for v in ("mmoe@2", "mmoe", "mmoe@champion", "mmoe@latest", "mmoe@v2", "mmoe@Champion", "_x")]
+[True, True, True, False, False, False, False]
 >>> parse_ref("mmoe@latest")
 Traceback (most recent call last):
 ...
-ValueError: bad model version 'latest' in 'mmoe@latest': expected an integer, e.g. mmoe@1
+ValueError: bad model version 'latest' in 'mmoe@latest': expected an integer or an alias (lower case; ...
 >>> parse_dates("2022-05-03..2022-05-05"), parse_dates("2022-05-03,2022-05-04")
 (['2022-05-03', '2022-05-04', '2022-05-05'], ['2022-05-03', '2022-05-04'])
 """
@@ -29,51 +31,62 @@ from dataclasses import dataclass
 
 MODEL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # also a folder name of the model store
 MODEL_VERSION_PATTERN = r"[0-9]+"
+# MLflow refuses the alias "latest" and aliases "v<digits>" (they would read as versions)
+MODEL_ALIAS_PATTERN = r"(?!latest$)(?!v[0-9]+$)[a-z][a-z0-9_-]*"
 # Anchored with ^...$ rather than \Z: JSON-schema patterns are ECMA-262 regular expressions, and
 # Python callers use re.fullmatch, under which $ cannot let a trailing newline through.
-MODEL_REF_PATTERN = rf"^{MODEL_NAME_PATTERN}(@{MODEL_VERSION_PATTERN})?$"
+MODEL_REF_PATTERN = rf"^{MODEL_NAME_PATTERN}(@({MODEL_VERSION_PATTERN}|{MODEL_ALIAS_PATTERN}))?$"
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """``name@version`` as the scores and metrics tables store it (version None: not pinned yet).
+    """``name@version`` as the scores and metrics tables store it (version None or an alias: not
+    pinned yet; ``model.store.ModelStore.pin`` turns both into the version number).
 
-    >>> str(ModelRef("infnet", "3")), str(ModelRef("mmoe"))
-    ('infnet@3', 'mmoe')
+    >>> str(ModelRef("infnet", "3")), str(ModelRef("mmoe")), ModelRef("infnet", "champion").pinned
+    ('infnet@3', 'mmoe', False)
     """
 
     name: str
     version: str | None = None
 
+    @property
+    def pinned(self) -> bool:
+        """Whether the reference names a version number (not the newest, not an alias)."""
+        return self.version is not None and self.version.isdigit()
+
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}@{self.version}"
 
 
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """``NAME@VERSION`` -> (name, version); ``NAME`` -> (name, None): the one parser of model
-    references, accepting exactly what :data:`MODEL_REF_PATTERN` matches (a ``ValueError`` saying
-    which part is wrong otherwise)."""
+def parse_ref(ref: str) -> tuple[str, int | str | None]:
+    """``NAME@VERSION`` -> (name, version); ``NAME@ALIAS`` -> (name, alias); ``NAME`` -> (name, None):
+    the one parser of model references, accepting exactly what :data:`MODEL_REF_PATTERN` matches (a
+    ``ValueError`` saying which part is wrong otherwise)."""
     name, sep, version = ref.partition("@")
     if not re.fullmatch(MODEL_NAME_PATTERN, name):
         raise ValueError(f"bad model name {name!r} in reference {ref!r} (letters, digits, _ . -)")
     if not sep:
         return name, None
-    if not re.fullmatch(MODEL_VERSION_PATTERN, version):
-        raise ValueError(f"bad model version {version!r} in {ref!r}: expected an integer, e.g. {name}@1")
-    return name, int(version)
+    if re.fullmatch(MODEL_VERSION_PATTERN, version):
+        return name, int(version)
+    if re.fullmatch(MODEL_ALIAS_PATTERN, version):
+        return name, version
+    raise ValueError(f"bad model version {version!r} in {ref!r}: expected an integer or an alias (lower case; "
+                     f"not latest or v<digits>), e.g. {name}@1 or {name}@champion")
 
 
 def parse_model_ref(value: str) -> ModelRef:
-    """The ``--model NAME[@VERSION]`` flag's type: :func:`parse_ref`'s rule as a :class:`ModelRef`
-    (a bare name is pinned to the newest version later, by ``model.store.ModelStore.pin``).
+    """The ``--model NAME[@VERSION|@ALIAS]`` flag's type: :func:`parse_ref`'s rule as a :class:`ModelRef`
+    (a bare name or an alias is pinned to its version later, by ``model.store.ModelStore.pin``).
 
-    >>> parse_model_ref("infnet@3"), parse_model_ref("mmoe")
-    (ModelRef(name='infnet', version='3'), ModelRef(name='mmoe', version=None))
+    >>> parse_model_ref("infnet@3"), parse_model_ref("mmoe"), parse_model_ref("infnet@champion")
+    (ModelRef(name='infnet', version='3'), ModelRef(name='mmoe', version=None), ModelRef(name='infnet', version='champion'))
     """
     try:
         name, version = parse_ref(value)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected NAME or NAME@VERSION (an integer): {err}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME, NAME@VERSION or NAME@ALIAS: {err}") from None
     return ModelRef(name, None if version is None else str(version))
 
 

@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = ABConfig()
     parser = base_parser("ab_report", __doc__.splitlines()[0])
-    parser.add_argument("--control", type=parse_model_ref, required=True, help="A: NAME@VERSION (NAME alone: the newest version)")
+    parser.add_argument("--control", type=parse_model_ref, required=True,
+                        help="A: NAME@VERSION or NAME@ALIAS (NAME alone: the newest version)")
     parser.add_argument("--treatment", type=parse_model_ref, required=True,
-                        help="B: NAME@VERSION (NAME alone: the newest version)")
+                        help="B: NAME@VERSION or NAME@ALIAS (NAME alone: the newest version)")
     add_dates_argument(parser)
     parser.add_argument("--n-boot", type=parse_positive_int, default=cfg.n_boot,
                         help=f"bootstrap resamples of users (default {cfg.n_boot})")

@@ -17,6 +17,7 @@ JOBS = {
     "rank": "top-K lists per user from a model's scores into recommendations, judged by replay on the day's logs",
     "evaluate": "AUC / gAUC / LogLoss per task into the metrics table",
     "ab_report": "compare two models on the same candidates (paired bootstrap) into ab_reports + HTML",
+    "promote": "move a registry alias (champion) to a model version that wins its A/B report",
     "sql": "run a SQL query against the lake's catalog and print the result (read-only unless --allow-writes)",
     "demo": "run the whole pipeline end to end on the bundled KuaiRand data",
 }

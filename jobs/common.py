@@ -74,7 +74,8 @@ def run_job(
             for column in upgrade_lake(spark, settings):
                 log.info("upgraded the lake: added %s", column)
         body(spark, settings, args)
-    except (JobError, CatalogInUse, FileNotFoundError, SetupError) as err:
+    # ConnectionError: a service the job needs (the model registry) did not answer
+    except (JobError, CatalogInUse, FileNotFoundError, ConnectionError, SetupError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:

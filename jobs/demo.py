@@ -6,8 +6,10 @@ both models -> evaluate both -> retrieval candidates for the last day (a determi
 ``--rank-users`` users active the day before, 200 candidates each; ``--all-users`` for all) ->
 score them with both models -> rank (top 50 per user, replay list metrics of INFNet, MMoE, the
 retrieval order and popularity) -> A/B report (control MMoE, treatment INFNet: impressions and
-lists). Every step is the same job a user runs by hand or Airflow schedules, called in one process
-so the Spark session is reused.
+lists) -> promote (``infnet promote``: the arm that wins the report on the primary metric without
+losing a guard takes its name's ``@champion`` alias in MLflow's Model Registry; each trained version
+already holds ``@challenger``). Every step is the same job a user runs by hand or Airflow schedules,
+called in one process so the Spark session is reused.
 """
 from __future__ import annotations
 
@@ -102,9 +104,36 @@ def run_demo(argv=None, plan: DemoPlan = DemoPlan()) -> int:
             print(f"demo: step `infnet {job}` failed (exit {rc}); stopping", file=sys.stderr)
             return rc
         log.info("demo step done in %.0f s: infnet %s %s", time.time() - t0, job, " ".join(flags))
+    promote_the_winner(args, plan)
     print_list_summary(args, plan)
     log.info("demo finished in %.0f s", time.time() - started)
     return 0
+
+
+def promote_the_winner(args, plan: DemoPlan) -> None:
+    """The promotion step: ``infnet promote --alias champion`` for the treatment, else the control,
+    on the demo's A/B report; when neither wins, no alias moves and the demo says why."""
+    from conf.syntax import ModelRef
+    from evaluation.ab import report_id_for
+    from evaluation.promotion import PromotionError
+    from jobs.common import settings_from_args
+    from jobs.promote import build_parser as promote_parser
+    from jobs.promote import promote
+    from model.store import ModelStore
+
+    settings = settings_from_args(args)
+    store = ModelStore.of(settings)
+    control, treatment = (store.pin(ModelRef(m)) for m in (plan.control, plan.treatment))
+    report = report_id_for(str(control), str(treatment), parse_dates(plan.test_dates))
+    reasons = []
+    for candidate in (treatment, control):
+        flags = promote_parser().parse_args(["--candidate", str(candidate), "--report", report])
+        try:
+            print(f"demo: promote: {promote(settings, flags)}")
+            return
+        except PromotionError as err:
+            reasons.append(str(err))
+    print(f"demo: promote: no alias moved ({'; '.join(reasons)})")
 
 
 def print_list_summary(args, plan: DemoPlan, k: int = 50) -> None:

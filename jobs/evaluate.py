@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = base_parser("evaluate", __doc__.splitlines()[0])
     parser.add_argument("--model", type=parse_model_ref, required=True,
-                        help="NAME@VERSION of the scored model (NAME alone: the newest version)")
+                        help="NAME@VERSION or NAME@ALIAS of the scored model (NAME alone: the newest version)")
     add_dates_argument(parser)
     parser.add_argument("--slices", default=",".join(DEFAULT_SLICES),
                         help=f"comma list of slices (default: {','.join(DEFAULT_SLICES)})")

@@ -30,7 +30,8 @@ def build_parser():
     rk = RankingSettings()
     parser = base_parser("rank", __doc__)
     parser.add_argument("--model", type=parse_model_refs, required=True,
-                        help="NAME@VERSION of the scored model (NAME alone: the newest version); a comma list ranks "
+                        help="NAME@VERSION or NAME@ALIAS of the scored model (NAME alone: the newest version); a comma "
+                             "list ranks "
                              "several and replays them side by side")
     add_dates_argument(parser)
     parser.add_argument("--source", choices=("retrieval", "external", "logged"), default="retrieval",

@@ -33,7 +33,7 @@ def build_parser():
     rk = RankingSettings()
     parser = base_parser("score", __doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
-                        help="NAME[@VERSION] from the model store (newest when no version); a comma list scores "
+                        help="NAME[@VERSION|@ALIAS] from the model registry (newest when neither); a comma list scores "
                              "several models on features computed once")
     add_dates_argument(parser)
     parser.add_argument("--source", choices=("all", *CANDIDATE_SOURCES), default="all",
@@ -76,7 +76,7 @@ def load_models(spark, settings, refs: str):
     from conf.tables import EXAMPLES
     from features.spec import FeatureSpecMismatch
     from model.scoring import check_model_spec
-    from model.store import CorruptModel, ModelNotFound, ModelStore
+    from model.store import CorruptModel, ModelNotFound, ModelStore, build_from_weights
 
     infos = []
     feature_version = current_version(spark, settings, EXAMPLES)
@@ -85,7 +85,7 @@ def load_models(spark, settings, refs: str):
         try:
             info = store.info(ref)
             check_model_spec(spark, settings, info, feature_version)
-            store.build_from_weights(info)  # a bad artifact fails here once, not in every Python worker
+            build_from_weights(info)  # a bad artifact fails here once, not in every Python worker
         except (ModelNotFound, FeatureSpecMismatch, CorruptModel) as err:
             raise JobError(str(err)) from None
         infos.append(info)

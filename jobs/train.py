@@ -4,7 +4,9 @@ Pins ``examples`` at one Delta version (``--examples-version``, default: the cur
 run is reproducible, streams the train / valid / test dates from that snapshot's Parquet files
 (model/snapshot.py, model/loaders.py), trains with early stopping on the validation days' mean AUC (model/train.py),
 evaluates the test days, and stores weights + configs + feature spec + Delta version + date split
-+ metrics as the next version of ``--name`` (model/store.py). Prints ``name@version``.
++ metrics as the next registered version of ``--name`` in MLflow's Model Registry (model/store.py),
+linked to the run's MLflow tracking (model/tracking.py), and points the name's ``@challenger``
+alias at it (``infnet promote`` moves ``@champion``). Prints ``name@version``.
 
 With ``--distributed N`` the model trains in N data-parallel processes (DDP through Spark's
 TorchDistributor: barrier tasks on the executors of a cluster master, processes beside the driver
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("train", __doc__.splitlines()[0])
     parser.epilog = "\n".join(__doc__.splitlines()[2:])
     parser.add_argument("--model", required=True, help="registry name: infnet, mmoe, ple, ...")
-    parser.add_argument("--name", help="model store name (default: the --model name)")
+    parser.add_argument("--name", help="registered model name (default: the --model name); the new version "
+                                       "gets its @challenger alias")
     parser.add_argument("--config", action="append", type=parse_key_value, default=[], metavar="KEY=VALUE",
                         help="model config field (repeatable), e.g. --config d=64")
     parser.add_argument("--train-dates", type=parse_dates, required=True, help="date, list or range a..b")
@@ -125,19 +128,22 @@ def body(spark, settings, args) -> None:
                                          config, dict(args.config))
         except ValueError as err:  # bad config field, unknown task weight, too many processes
             raise JobError(str(err)) from None
-        info = ModelStore.of(settings).save(
-            args.name or args.model, result.model, spec, architecture=args.model,
+        store = ModelStore.of(settings)
+        info = store.save(
+            args.name or args.model, result.model, spec, architecture=args.model, run_id=run.run_id,
             model_config=result.model_config, train_config=config.to_dict(), examples_version=version,
             date_split=splits, metrics=result.metrics,
             extra={"history": result.history, "rows": {s: snap.num_rows for s, snap in snapshots.items()},
                    "distributed_processes": args.distributed or 1, RUN_ID_KEY: run.run_id},
         )
+        store.set_alias(info.name, settings.promotion.challenger_alias, info.version)
         try:
             run.log_result(result.model_config, result.metrics, result.history, info.ref)
         except TrackingError as err:
             raise JobError(f"{info.ref} is stored, but its run was not completed: {err}") from None
     print(format_metrics(result.metrics))
-    print(f"{info.ref} (MLflow run {run.run_id} in {run.tracking_uri})")
+    print(f"{info.ref} = {info.name}@{settings.promotion.challenger_alias} (registered model version; "
+          f"MLflow run {run.run_id} in {run.tracking_uri})")
 
 
 def main(argv=None) -> int:

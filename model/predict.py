@@ -1,7 +1,7 @@
 """Predict with a stored model: columns in (Arrow, pandas or numpy), per-task probabilities out.
 
 Used by the scoring UDF and by the accuracy benchmark. :func:`get_predictor` caches one loaded
-model per (store, reference, device) per process, so a Spark Python worker that is reused loads
+model per (artifact folder, reference, device) per process, so a Spark Python worker that is reused loads
 its model once (docs/PITFALLS.md: "A module-level model cache ... loaded the model once per worker").
 
 Outputs: ``{task: float32 array}`` in the spec's task order; a binary task gives
@@ -101,7 +101,8 @@ class Predictor:
 
 def load_predictor(store_root: str, ref: str, device: str = "cpu",
                    expected_spec: FeatureSpec | None = None, builder=None) -> Predictor:
-    """Load ``name@version`` (or the newest ``name``) from the store at ``store_root`` as a :class:`Predictor`."""
+    """Load ``name@version``, ``name@alias`` (or the newest ``name``) from the store at
+    ``store_root`` (its registry in the root: ``model.store.ModelStore``) as a :class:`Predictor`."""
     from model.store import ModelStore
 
     model, info = ModelStore(store_root).load(ref, map_location=device, expected_spec=expected_spec, builder=builder)
@@ -112,13 +113,15 @@ _CACHE: dict[tuple[str, str, str], Predictor] = {}
 _LOCK = threading.Lock()
 
 
-def get_predictor(store_root: str, ref: str, device: str = "cpu") -> Predictor:
-    """Process-wide cached :func:`load_predictor` (the scoring UDF's entry point).
+def get_predictor(artifact: str, ref: str, device: str = "cpu") -> Predictor:
+    """Process-wide cached :class:`Predictor` of a pinned version (the scoring UDF's entry point):
+    ``artifact`` is the version's artifact folder (``ModelInfo.path``, resolved by the driver) and
+    ``ref`` its ``name@version``, so an executor reads the files and never asks the registry."""
+    from model.store import load_artifact
 
-    Give a pinned ``name@version``: a bare ``name`` is resolved on first use and then cached.
-    """
-    key = (store_root, ref, device)
+    key = (artifact, ref, device)
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_predictor(store_root, ref, device)
+            model, info = load_artifact(artifact, ref, map_location=device)
+            _CACHE[key] = Predictor(model, info, device)
         return _CACHE[key]

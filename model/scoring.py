@@ -222,10 +222,11 @@ def choose_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-def make_batch_scorer(store_root: str, ref: str, passthrough: Sequence[str],
+def make_batch_scorer(artifact: str, ref: str, passthrough: Sequence[str],
                       scoring: ScoringSettings = ScoringSettings(), out_of_range=None,
                       passthrough_types: dict[str, str] | None = None) -> Callable[[Iterable], Iterator]:
-    """The function for ``mapInArrow`` (``scoring.udf == "arrow"``) or ``mapInPandas``.
+    """The function for ``mapInArrow`` (``scoring.udf == "arrow"``) or ``mapInPandas``, scoring with
+    the pinned version ``ref`` whose artifact folder is ``artifact`` (``ModelInfo.path``).
 
     Input batches are flat candidate rows (``scoring.layout == "flat"``: the passthrough columns
     and the spec's feature columns) or requests packed by :func:`features.candidates.pack_requests`
@@ -247,7 +248,7 @@ def make_batch_scorer(store_root: str, ref: str, passthrough: Sequence[str],
         elif os.environ.get("OMP_NUM_THREADS"):
             torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
         device = choose_device(scoring.device)
-        predictor = get_predictor(store_root, ref, device)
+        predictor = get_predictor(artifact, ref, device)
         arrow = (pa.RecordBatch.from_pandas(b, preserve_index=False) for b in batches) if use_pandas else batches
         for data in gather_batches(arrow, batch_candidates_for(device, scoring), scoring.layout):
             counts: dict[str, int] = {}
@@ -411,7 +412,7 @@ def score_date(spark, settings, info, date: str, rows, candidates, n_candidates:
     from features.candidate_features import PASSTHROUGH
 
     out_of_range = counts_accumulator(spark)
-    scorer = make_batch_scorer(settings.lake.model_store, info.ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
+    scorer = make_batch_scorer(info.path, info.ref, PASSTHROUGH, scoring, out_of_range, KEY_TYPES)
     ddl = output_schema_ddl(info.spec, PASSTHROUGH, KEY_TYPES)
     scored = rows.mapInPandas(scorer, ddl) if scoring.udf == "pandas" else rows.mapInArrow(scorer, ddl)
     if len(sources) == 1:  # the usual case: no join needed

@@ -20,6 +20,7 @@ training, :class:`TrackingError`) and ends FINISHED, or FAILED when training rai
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -56,18 +57,29 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@functools.lru_cache(maxsize=8)
+def mlflow_client(uri: str):
+    """One ``MlflowClient`` per store URI and process, tracking and registry on the same store (a
+    SQLite file's folder created first: SQLite creates the file, not its folder)."""
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    _quiet()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 class TrainingRun:
     """One training run in the tracking store (see the module docstring); use as a context
     manager: the run ends FINISHED, or FAILED when the block raises."""
 
     def __init__(self, tracking_uri: str, artifact_location: str, run_name: str, params: dict[str, str],
                  tags: dict[str, str] | None = None):
-        _quiet()
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = tracking_uri
         try:
-            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.client = mlflow_client(tracking_uri)
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
             experiment_id = experiment.experiment_id if experiment else self._create_experiment(artifact_location)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags or {}).info.run_id
@@ -160,12 +172,7 @@ def training_params(architecture: str, train_config: dict[str, Any], feature_set
 
 def open_training_run(settings, run_name: str, params: dict[str, str]) -> TrainingRun:
     """A :class:`TrainingRun` in ``settings``' tracking store, tagged with the code revision."""
-    from pathlib import Path
-
     from model.store import code_revision
 
-    uri = settings.lake.mlflow_tracking_uri
-    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return TrainingRun(uri, settings.lake.mlflow_artifacts, run_name, params,
+    return TrainingRun(settings.lake.mlflow_tracking_uri, settings.lake.mlflow_artifacts, run_name, params,
                        {"mlflow.source.git.commit": code_revision(), "mlflow.source.name": "infnet train"})

@@ -94,9 +94,10 @@ def test_evaluate_rerun_keeps_the_list_metrics(spark, demo_lake):
     lists = lambda: spark.read.format("delta").load(str(lake / "tables" / "metrics")).where(  # noqa: E731
         "slice = 'list@50' AND model_name = 'infnet'").count()
     before = lists()
-    result = run_cli("evaluate", "--lake", str(lake), "--model", "infnet", "--date", "2022-05-04")
+    result = run_cli("evaluate", "--lake", str(lake), "--model", "infnet@challenger", "--date", "2022-05-04")
     assert result.returncode == 0, result.stderr[-4000:]
     assert lists() == before > 0
+    assert "infnet@1" in result.stdout  # the alias pinned to the version it names
 
 
 def test_demo_writes_the_ab_report_and_models(demo_lake):
@@ -114,6 +115,19 @@ def test_demo_writes_the_ab_report_and_models(demo_lake):
     runs = client.search_runs([client.get_experiment_by_name("infnet-train").experiment_id])
     assert sorted(r.data.tags["infnet.model_ref"] for r in runs) == ["infnet@1", "mmoe@1"]
     assert all(r.info.status == "FINISHED" and "test.mtl_auc" in r.data.metrics for r in runs)
+    # ... whose model is a registered version linked to it, @challenger; the promotion step gave the
+    # report's winner @champion, or said why it moved nothing
+    versions = {v.name: v for m in ("infnet", "mmoe") for v in client.search_model_versions(f"name = '{m}'")}
+    assert {n: v.run_id for n, v in versions.items()} == {r.data.tags["infnet.model_ref"][:-2]: r.info.run_id for r in runs}
+    aliases = {m.name: {a: int(v) for a, v in m.aliases.items()} for m in client.search_registered_models()}
+    assert all(aliases[n]["challenger"] == 1 for n in ("infnet", "mmoe"))
+    promoted = [line for line in result.stdout.splitlines() if line.startswith("demo: promote: ")]
+    champions = [n for n in ("infnet", "mmoe") if "champion" in aliases[n]]
+    assert len(promoted) == 1, result.stdout[-3000:]
+    if champions:
+        assert len(champions) == 1 and promoted[0].startswith(f"demo: promote: {champions[0]}@champion -> version 1")
+    else:
+        assert promoted[0].startswith("demo: promote: no alias moved (not promoted: infnet@1 ")
 
 
 def test_the_catalog_persists_for_sql_in_a_new_process(demo_lake):
@@ -177,8 +191,10 @@ def test_scoring_with_a_truncated_weights_file_is_one_line_and_writes_nothing(de
     import shutil
 
     lake, _, _ = demo_lake
+    # a pre-registry store's folder layout: the store registers it on first use (model/store.py)
     broken = lake / "models" / "broken" / "000001"
-    shutil.copytree(lake / "models" / "mmoe" / "000001", broken)
+    [mmoe] = [p for p in (lake / "models" / "mmoe").iterdir() if (p / "info.json").exists()]
+    shutil.copytree(mmoe, broken)
     info = json.loads((broken / "info.json").read_text())
     (broken / "info.json").write_text(json.dumps({**info, "name": "broken"}))
     weights = broken / "weights.pt"
@@ -190,3 +206,6 @@ def test_scoring_with_a_truncated_weights_file_is_one_line_and_writes_nothing(de
     assert "weights.pt is not the file that was saved (1,000 bytes" in lines[-1] and "Traceback" not in result.stderr
     assert sorted((lake / "tables" / "scores" / "_delta_log").glob("*.json")) == log_before
     shutil.rmtree(broken.parent)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{lake / 'mlflow' / 'mlflow.db'}").delete_registered_model("broken")

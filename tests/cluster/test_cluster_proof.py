@@ -261,8 +261,8 @@ def test_delta_on_s3a_keeps_history_and_constraints(proof):
 
 def test_the_model_trained_in_two_processes_and_both_days_were_evaluated(proof, services_env):
     _, env = services_env
-    code = ("import json; from model.store import ModelStore; "
-            "i = ModelStore('s3a://lake/proof/models').info('infnet'); "
+    code = ("import json; from conf.settings import Settings; from model.store import ModelStore; "
+            "i = ModelStore.of(Settings()).info('infnet'); "
             "print(json.dumps({'p': i.extra.get('distributed_processes'), 'w': i.metrics.get('world_size'), "
             "'auc': i.metrics['valid']['mtl_auc']}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)

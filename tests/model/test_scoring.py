@@ -51,6 +51,11 @@ def store(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+def artifact(store: str, ref: str) -> str:
+    """The artifact folder the score job's driver hands the scorer for ``ref``."""
+    return ModelStore(store).info(ref).path
+
+
 def test_user_side_reuse_gives_the_naive_scores(store, name):
     predictor = load_predictor(store, name)
     data = candidate_batch()
@@ -79,7 +84,8 @@ def test_packed_requests_give_the_flat_scores(store, name, reuse):
 
 
 def test_packed_scorer_emits_one_row_per_candidate(store):
-    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "impression_id"], ScoringSettings(layout="packed"))
+    scorer = make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", ["request_id", "impression_id"],
+                               ScoringSettings(layout="packed"))
     data = candidate_batch()
     packed = packed_batch(data)
     empty_request = packed.slice(0, 1).set_column(  # a request with no candidates yields nothing
@@ -93,11 +99,11 @@ def test_packed_scorer_emits_one_row_per_candidate(store):
     with pytest.raises(ValueError, match="not adjacent"):
         pack_adjacent_rows(data.take(pa.array([0, 3, 1])), SPEC, ["request_id"])
     with pytest.raises(ValueError, match="layout"):
-        make_batch_scorer(store, "infnet@1", ["request_id"], ScoringSettings(layout="wide"))
+        make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", ["request_id"], ScoringSettings(layout="wide"))
 
 
 def test_batch_scorer_splits_nothing_and_keeps_keys(store):
-    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "impression_id"])
+    scorer = make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", ["request_id", "impression_id"])
     data = candidate_batch()
     out = list(scorer(iter([data.slice(0, 4), data.slice(4)])))  # a request split across batches
     merged = pa.Table.from_batches(out)
@@ -111,9 +117,9 @@ def test_arrow_and_pandas_udfs_score_alike_in_spark(spark, store):
     df = spark.createDataFrame(pa.Table.from_batches([data]).to_pandas()).repartition(2, "request_id")
     passthrough = ["request_id", "impression_id"]
     ddl = output_schema_ddl(SPEC, passthrough)
-    by_arrow = df.mapInArrow(make_batch_scorer(store, "mmoe@1", passthrough), ddl).toPandas()
+    by_arrow = df.mapInArrow(make_batch_scorer(artifact(store, "mmoe@1"), "mmoe@1", passthrough), ddl).toPandas()
     by_pandas = df.mapInPandas(
-        make_batch_scorer(store, "mmoe@1", passthrough, ScoringSettings(udf="pandas")), ddl).toPandas()
+        make_batch_scorer(artifact(store, "mmoe@1"), "mmoe@1", passthrough, ScoringSettings(udf="pandas")), ddl).toPandas()
     a = by_arrow.sort_values("impression_id").reset_index(drop=True)
     p = by_pandas.sort_values("impression_id").reset_index(drop=True)
     assert len(a) == len(REQUEST_OF_ROW)
@@ -130,7 +136,7 @@ def test_spark_packs_requests_and_scores_them_like_flat_rows(spark, store, udf):
     flat = spark.createDataFrame(pa.Table.from_batches([data]).to_pandas()).repartition(3)
     packed = pack_requests(flat, SPEC, passthrough)
     assert packed.count() == len(set(REQUEST_OF_ROW))
-    scorer = make_batch_scorer(store, "infnet@1", passthrough, ScoringSettings(udf=udf, layout="packed"))
+    scorer = make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", passthrough, ScoringSettings(udf=udf, layout="packed"))
     ddl = output_schema_ddl(SPEC, passthrough)
     mapped = packed.mapInPandas(scorer, ddl) if udf == "pandas" else packed.mapInArrow(scorer, ddl)
     out = mapped.toPandas().set_index("impression_id").sort_index()
@@ -171,7 +177,7 @@ def test_the_model_call_size_follows_the_device(store, monkeypatch, device, expe
     data = candidate_batch()
     packed = packed_batch(data)  # one Spark batch per request: 3, 2 and 4 candidates
     settings = ScoringSettings(layout="packed", cpu_batch_candidates=2, cuda_batch_candidates=5)
-    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "impression_id"], settings)
+    scorer = make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", ["request_id", "impression_id"], settings)
     out = pa.Table.from_batches(list(scorer(iter([packed.slice(i, 1) for i in range(3)]))))
     assert calls == expected_calls
     assert scoring.batch_candidates_for("cuda", ScoringSettings()) == 65_536  # the GPU default
@@ -195,7 +201,8 @@ def test_out_of_range_ids_are_mapped_to_zero_and_counted(store):
                              pa.array([[0 if i >= SPEC.sequences[0].vocab_size else i for i in row] for row in clicks],
                                       pa.list_(pa.int32())))
     recorder = Recorder()
-    scorer = make_batch_scorer(store, "infnet@1", ["request_id", "video_id"], ScoringSettings(layout="packed"),
+    scorer = make_batch_scorer(artifact(store, "infnet@1"), "infnet@1", ["request_id", "video_id"],
+                               ScoringSettings(layout="packed"),
                                out_of_range=recorder, passthrough_types={"video_id": "bigint"})
     out = pa.Table.from_batches(list(scorer(iter([packed_batch(bad, ("request_id", "video_id"))]))))
     assert recorder.value == {video.column: 2, "seq_click": 1}  # r0's user side is converted once
