@@ -50,12 +50,12 @@ def store(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
 def artifact(store: str, ref: str) -> str:
     """The artifact folder the score job's driver hands the scorer for ``ref``."""
     return ModelStore(store).info(ref).path
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
 def test_user_side_reuse_gives_the_naive_scores(store, name):
     predictor = load_predictor(store, name)
     data = candidate_batch()
@@ -172,7 +172,7 @@ def test_the_model_call_size_follows_the_device(store, monkeypatch, device, expe
         return original(predictor, data, *args, **kwargs)
 
     monkeypatch.setattr(scoring, "choose_device", lambda requested: device)
-    monkeypatch.setattr(scoring, "get_predictor", lambda root, ref, dev: load_predictor(root, ref))  # the CPU model
+    monkeypatch.setattr(scoring, "get_predictor", lambda artifact, ref, dev: load_predictor(store, ref))  # the CPU model
     monkeypatch.setattr(scoring, "score_packed_batch", recording)
     data = candidate_batch()
     packed = packed_batch(data)  # one Spark batch per request: 3, 2 and 4 candidates
