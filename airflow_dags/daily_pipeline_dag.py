@@ -11,9 +11,10 @@
   ``--date`` (``--dates`` to ``ab_report``); every job replaces exactly its day's slice, so
   retries, reruns and backfills (``airflow backfill create --dag-id infnet_daily --from-date
   2022-04-25 --to-date 2022-05-04``) never duplicate rows.
-- The champion (control) and challenger (treatment) are DAG params, ``name`` or
-  ``name@version``: ``airflow dags trigger infnet_daily -c '{"challenger": "infnet@3"}'``.
-  Without a version the jobs take the newest one in the model store. A param is checked against
+- The champion (control) and challenger (treatment) are DAG params, ``name``, ``name@version`` or
+  ``name@alias`` (MLflow registry aliases: ``infnet@champion``, ``infnet@challenger``):
+  ``airflow dags trigger infnet_daily -c '{"challenger": "infnet@challenger"}'``.
+  Without a version the jobs take the newest registered one. A param is checked against
   ``conf.syntax.MODEL_REF_PATTERN``, the rule the jobs parse with, so a run the DAG accepts is not
   refused by its jobs (``mmoe@latest`` is refused at trigger time).
 - All Spark tasks share the pool ``spark_embedded`` of one slot: the embedded Derby metastore

@@ -7,9 +7,10 @@ its quality gate (data-aware: the ``infnet.examples`` Asset, emitted by ``infnet
     build_candidates_valid --------+-> score_valid_<model> -> evaluate_valid_<model>
 
 for each model in ``MODELS_TO_TRAIN`` (INFNet and the MMoE baseline, the two arms of the daily
-A/B report). ``train`` writes a new version ``models/<name>/<version>/`` into the model store: that
-is the registration (the ``infnet.models`` Asset event), and the daily DAG picks the newest
-version unless its params pin one. The new version is then scored and evaluated on the validation
+A/B report). ``train`` registers a new version of ``<name>`` in MLflow's Model Registry (its
+artifacts under ``models/<name>/``; the ``infnet.models`` Asset event) and points ``<name>@challenger``
+at it; the daily DAG picks the newest version unless its params name a version or an alias
+(``infnet@champion``, moved by ``infnet promote`` on an A/B report's evidence). The new version is then scored and evaluated on the validation
 days into ``scores``/``metrics`` under its own version, beside the previous ones.
 
 Dates (the jobs' ``a..b`` ranges): validation = the last ``valid_days`` days up to the window end,
