@@ -10,8 +10,9 @@ for each model in ``MODELS_TO_TRAIN`` (INFNet and the MMoE baseline, the two arm
 A/B report). ``train`` registers a new version of ``<name>`` in MLflow's Model Registry (its
 artifacts under ``models/<name>/``; the ``infnet.models`` Asset event) and points ``<name>@challenger``
 at it; the daily DAG picks the newest version unless its params name a version or an alias
-(``infnet@champion``, moved by ``infnet promote`` on an A/B report's evidence). The new version is then scored and evaluated on the validation
-days into ``scores``/``metrics`` under its own version, beside the previous ones.
+(``infnet@champion``, moved by ``infnet promote`` on an A/B report's evidence). The new version is
+then scored and evaluated on the validation days into ``scores``/``metrics`` under its own
+version, beside the previous ones.
 
 Dates (the jobs' ``a..b`` ranges): validation = the last ``valid_days`` days up to the window end,
 training = the ``train_days`` days before them. The window end is ``params.end_date`` if given,
