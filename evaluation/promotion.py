@@ -74,7 +74,9 @@ def promotion_decision(rows: Sequence[Mapping], candidate: str, primary: str, gu
         raise PromotionError(f"the report compares {control} (control) with {treatment} (treatment), not {candidate}")
     side, opponent = (1, control) if candidate == treatment else (-1, treatment)
     overall = {f"{r['task']}:{r['metric']}": r for r in rows if r["slice"] == OVERALL_SLICE}
-    missing = [m for m in (primary, *guards) if split_metric(m) and m not in overall]
+    for metric in (primary, *guards):
+        split_metric(metric)  # a ValueError naming the form for a malformed one
+    missing = [m for m in (primary, *guards) if m not in overall]
     if missing:
         raise PromotionError(f"the report has no overall row for {', '.join(missing)} "
                              f"(it has {', '.join(sorted(overall)) or 'none'})")

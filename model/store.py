@@ -252,13 +252,11 @@ class ModelStore:
     def list_models(self) -> dict[str, list[int]]:
         """``{name: [registered versions, ascending]}`` of the store."""
         self._register_legacy_folders()
-        out = {}
-        for model in self._call("search_registered_models"):
-            versions = sorted(int(v.version) for v in self._call("search_model_versions", f"name = '{model.name}'")
-                              if v.status == "READY")
-            if versions:
-                out[model.name] = versions
-        return dict(sorted(out.items()))
+        out: dict[str, list[int]] = {}
+        for version in self._call("search_model_versions"):  # every name's versions in one query
+            if version.status == "READY":
+                out.setdefault(version.name, []).append(int(version.version))
+        return {name: sorted(versions) for name, versions in sorted(out.items())}
 
     def aliases(self, name: str) -> dict[str, int]:
         """``{alias: version}`` of a registered model (empty when it has none)."""

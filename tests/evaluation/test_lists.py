@@ -23,6 +23,24 @@ POSITIVES = pd.DataFrame([
 ], columns=["user_id", "video_id", "task"])
 
 
+def write_arm_lists(spark, s, day, orders: dict) -> None:
+    """``recommendations`` of version 1 of each arm in ``orders`` (name -> video order), the same
+    list for users 1 and 2 on ``day``; the table's other columns null."""
+    from pyspark.sql import functions as F
+
+    from conf.lake import write_table
+    from conf.schemas import RECOMMENDATIONS_SCHEMA
+    from conf.tables import RECOMMENDATIONS
+
+    recs = [(day, user, name, "1", rank, video, 1.0, "r", "retrieval", "x=1")
+            for name, order in orders.items() for user in (1, 2) for rank, video in enumerate(order, 1)]
+    df = spark.createDataFrame(recs, "date date, user_id bigint, model_name string, model_version string, rank int, "
+                                     "video_id bigint, objective double, request_id string, source string, "
+                                     "objective_spec string").withColumn("ranked_at", F.current_timestamp())
+    write_table(df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                            for f in RECOMMENDATIONS_SCHEMA.fields]), s, RECOMMENDATIONS)
+
+
 def test_recall_ndcg_and_hit_rate_equal_a_hand_computation():
     m = per_user_metrics(LISTS, POSITIVES, k=3).set_index(["task", "user_id"])
     d = lambda r: 1 / math.log2(r + 1)  # noqa: E731 - the discount of rank r
@@ -79,11 +97,9 @@ def test_spark_lists_and_positives(spark):
 def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_path_factory):
     import datetime as dt
 
-    from pyspark.sql import functions as F
 
     from conf.lake import write_table
-    from conf.schemas import RECOMMENDATIONS_SCHEMA
-    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
+    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES
     from evaluation.ab import ABConfig
     from evaluation.lists import compare_list_arms
     from features.candidates import conform_candidates
@@ -91,16 +107,7 @@ def test_ab_report_compares_the_arms_lists_from_the_lake(spark, settings, tmp_pa
 
     s = settings.with_lake(str(tmp_path_factory.mktemp("ab_lists")))
     day, t = dt.date(2022, 5, 4), 1_000
-    recs = []
-    for name, order in (("ctl", [10, 11, 12]), ("trt", [12, 10, 11])):  # user 1 clicks v12 on the day
-        for user in (1, 2):
-            recs += [(day, user, name, "1", rank, video, 1.0, "r", "retrieval", "x=1")
-                     for rank, video in enumerate(order, 1)]
-    df = spark.createDataFrame(recs, "date date, user_id bigint, model_name string, model_version string, rank int, "
-                                     "video_id bigint, objective double, request_id string, source string, "
-                                     "objective_spec string").withColumn("ranked_at", F.current_timestamp())
-    write_table(df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
-                            for f in RECOMMENDATIONS_SCHEMA.fields]), s, RECOMMENDATIONS)
+    write_arm_lists(spark, s, day, {"ctl": [10, 11, 12], "trt": [12, 10, 11]})  # user 1 clicks v12 on the day
     write_table(conform_candidates(spark.createDataFrame([("r1", 1, 10, t, "retrieval", day), ("r2", 2, 10, t, "retrieval", day)],
                                                          "request_id string, user_id bigint, video_id bigint, "
                                                          "request_time_ms bigint, source string, date date")), s, CANDIDATES)
@@ -229,12 +236,10 @@ def test_ab_report_lists_with_ips_from_the_days_before(spark, settings, tmp_path
     import dataclasses
     import datetime as dt
 
-    from pyspark.sql import functions as F
 
     from conf.lake import write_table
-    from conf.schemas import RECOMMENDATIONS_SCHEMA
     from conf.settings import ReplaySettings
-    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
+    from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES
     from evaluation.ab import ABConfig
     from evaluation.lists import compare_list_arms
     from evaluation.report import list_section_lines
@@ -245,14 +250,7 @@ def test_ab_report_lists_with_ips_from_the_days_before(spark, settings, tmp_path
     s = dataclasses.replace(settings.with_lake(str(tmp_path_factory.mktemp("ab_ips"))),
                             replay=ReplaySettings(propensity_gamma=1.0, propensity_clip=0.01))  # p = n / max n
     day, before, t = dt.date(2022, 5, 4), dt.date(2022, 5, 3), request_time_ms("2022-05-04")
-    recs = [(day, user, name, "1", rank, video, 1.0, "r", "retrieval", "x=1")
-            for name, order in (("ctl", [10, 11, 12]), ("trt", [12, 11, 10])) for user in (1, 2)
-            for rank, video in enumerate(order, 1)]
-    df = spark.createDataFrame(recs, "date date, user_id bigint, model_name string, model_version string, rank int, "
-                                     "video_id bigint, objective double, request_id string, source string, "
-                                     "objective_spec string").withColumn("ranked_at", F.current_timestamp())
-    write_table(df.select(*[(F.col(f.name) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
-                            for f in RECOMMENDATIONS_SCHEMA.fields]), s, RECOMMENDATIONS)
+    write_arm_lists(spark, s, day, {"ctl": [10, 11, 12], "trt": [12, 11, 10]})
     write_table(conform_candidates(spark.createDataFrame(
         [(f"r{u}", u, v, t, "retrieval", day) for u in (1, 2) for v in (10, 11, 12)],
         "request_id string, user_id bigint, video_id bigint, request_time_ms bigint, source string, date date")),

@@ -15,6 +15,7 @@ from model.baselines import DCNv2, DCNv2Config, DeepFM, DeepFMConfig, MMoE, MMoE
 from model.baselines.dcnv2 import CrossLayerV2
 from model.baselines.ple import CGCLevel
 from model.baselines.stem import STEM, STEMConfig
+from field_spy import fields_of
 
 SPEC = demo_spec(seq_len=4)
 SMALL = dict(embed_dim=4, tower_hidden=(3,), dropout=0.0)
@@ -39,22 +40,6 @@ def tower_inputs(model, batch) -> torch.Tensor:
         model(batch)
     handle.remove()
     return seen["x"]
-
-
-def fields_of(model, batch) -> torch.Tensor:
-    """The ``[B, M + F, e]`` field embeddings a pooled-input baseline predicts from."""
-    seen = {}
-    original = model.predict
-
-    def spy(fields, cat, user_rows):
-        seen["fields"] = fields
-        return original(fields, cat, user_rows)
-
-    model.predict = spy
-    with torch.no_grad():
-        model(batch)
-    del model.predict
-    return seen["fields"]
 
 
 def test_dcnv2_cross_layer_is_x0_times_w_x_plus_b_plus_x_by_hand():

@@ -26,26 +26,11 @@ from model.baselines.gdcn import GatedCrossLayer
 from model.baselines.xdeepfm import CIN, CINLayer
 from model.losses import mgda_weights, min_norm_two, min_norm_weights
 from model.registry import build_model
+from field_spy import fields_of
 
 SPEC = demo_spec(seq_len=4)
 DENSE_SPEC = replace(SPEC, dense=(DenseField("user_n_prior_log1p", "user"), DenseField("video_like_rate_logit", "item")))
 SMALL = dict(embed_dim=4, dropout=0.0)
-
-
-def fields_of(model, batch) -> torch.Tensor:
-    """The ``[B, n, e]`` field embeddings a pooled-input model predicts from (captured by a spy)."""
-    seen = {}
-    original = model.predict
-
-    def spy(fields, cat, user_rows):
-        seen["fields"] = fields
-        return original(fields, cat, user_rows)
-
-    model.predict = spy
-    with torch.no_grad():
-        model(batch)
-    del model.predict
-    return seen["fields"]
 
 
 def input_of(module, model, batch) -> torch.Tensor:
