@@ -22,6 +22,14 @@ shown the video | it is a candidate). The task scores are P(action | shown), so
 (ESMM's pCTCVR = pCTR x pCVR over the whole space). Its name is :data:`NAMED_OBJECTIVES`'s
 ``expected_actions``. A ``retrieval`` term stays outside the product.
 
+A model trained on impressions only has no P(exposed); ``popularity=A`` gives it the exposure
+prior the replay's propensities use (evaluation/lists.py): the task terms times ``(1 + n)^A``,
+``n`` the video's clicks in the ``popularity_lookback_days`` before the request time, counting only
+labels visible then (:func:`features.retrieval.click_counts`, the popularity baseline's count).
+``P(exposed) ∝ (1 + n)^A`` x ``sum_t w_t P(t | shown)``: popularity says which videos get shown at
+all, the model which of them this user engages with. ``A`` is chosen on the valid day
+(README, "Ranked lists").
+
 >>> parse_objective("click=1, long_view=2,like=5")
 (('click', 1.0), ('long_view', 2.0), ('like', 5.0))
 >>> objective_spec((("click", 1.0), ("like", 0.5)))
@@ -31,6 +39,8 @@ shown the video | it is a candidate). The task scores are P(action | shown), so
 (('exposed*', 1.0), ('click', 1.0), ('long_view', 1.0), ('like', 1.0))
 >>> objective_spec(w), objective_tasks(w)
 ('exposed*click=1,long_view=1,like=1', ['exposed', 'click', 'long_view', 'like'])
+>>> objective_tasks(parse_objective("click=1,popularity=0.5,retrieval=2"))
+['click']
 """
 from __future__ import annotations
 
@@ -43,6 +53,8 @@ from conf.tables import score_column
 
 Objective = tuple[tuple[str, float], ...]
 RETRIEVAL_TERM = "retrieval"  # objective term over the candidate's retrieval_score, not a task score
+POPULARITY_TERM = "popularity"  # popularity=A: the task terms times (1 + POPULARITY_COL)^A
+POPULARITY_COL = "popularity_clicks"  # the candidate video's clicks before the request (click_counts)
 MULTIPLIER = "*"  # "exposed*click=1,...": the task terms times score_exposed; kept as the term ("exposed*", 1.0)
 NAMED_OBJECTIVES = {"expected_actions": "exposed*click=1,long_view=1,like=1"}
 
@@ -67,8 +79,11 @@ def parse_objective(text: str) -> Objective:
         if not sep or not task.strip() or weight is None:
             raise ValueError(f"expected TASK=WEIGHT terms separated by commas, got {term!r} in {text!r}")
         weights.append((task.strip(), weight))
-    if not [t for t, _ in weights if not t.endswith(MULTIPLIER)]:
+    has_tasks = bool(objective_tasks([(t, w) for t, w in weights if not t.endswith(MULTIPLIER)]))
+    if not has_tasks and not any(t == RETRIEVAL_TERM for t, _ in weights):
         raise ValueError(f"an objective needs at least one TASK=WEIGHT, got {text!r}")
+    if not has_tasks and needs_popularity(weights):
+        raise ValueError(f"popularity=A multiplies the task terms: name at least one TASK=WEIGHT, got {text!r}")
     if len({t for t, _ in weights}) != len(weights):
         raise ValueError(f"a task appears twice in the objective {text!r}")
     return tuple(weights)
@@ -81,21 +96,31 @@ def objective_spec(weights: Objective) -> str:
 
 def objective_tasks(weights: Objective) -> list[str]:
     """The tasks whose ``score_<task>`` the objective reads (the multiplier first)."""
-    return [t.rstrip(MULTIPLIER) for t, _ in weights if t != RETRIEVAL_TERM]
+    return [t.rstrip(MULTIPLIER) for t, _ in weights if t not in (RETRIEVAL_TERM, POPULARITY_TERM)]
+
+
+def needs_popularity(weights: Objective) -> bool:
+    """Whether the objective reads :data:`POPULARITY_COL` (a ``popularity`` term)."""
+    return any(t == POPULARITY_TERM for t, _ in weights)
 
 
 def objective_column(weights: Objective) -> Column:
-    """``sum_t weight_t * score_<t>`` (null when a weighted score is null), plus ``weight *
-    retrieval_score`` for a ``retrieval`` term (0 for a candidate without one)."""
+    """``sum_t weight_t * score_<t>`` (null when a weighted score is null), times ``score_<m>``
+    for an ``m*`` multiplier and ``(1 + popularity_clicks)^A`` for a ``popularity`` term (0 clicks
+    when null), plus ``weight * retrieval_score`` for a ``retrieval`` term (0 for a candidate
+    without one)."""
     tasks, retrieval = None, None
     for task, weight in weights:
-        if task.endswith(MULTIPLIER) or task == RETRIEVAL_TERM:
+        if task.endswith(MULTIPLIER) or task in (RETRIEVAL_TERM, POPULARITY_TERM):
             continue
         term = F.lit(float(weight)) * F.col(score_column(task))
         tasks = term if tasks is None else tasks + term
     for task, weight in weights:
         if task.endswith(MULTIPLIER):
             tasks = F.col(score_column(task.rstrip(MULTIPLIER))) * tasks
+        elif task == POPULARITY_TERM:
+            prior = F.pow(F.lit(1.0) + F.coalesce(F.col(POPULARITY_COL).cast("double"), F.lit(0.0)), F.lit(float(weight)))
+            tasks = tasks * prior
         elif task == RETRIEVAL_TERM:
             retrieval = F.lit(float(weight)) * F.coalesce(F.col("retrieval_score"), F.lit(0.0))
     if retrieval is None:
@@ -124,6 +149,20 @@ def top_k(scores: DataFrame, weights: Objective, k: int, group: Sequence[str] = 
     return top_k_by(rows, [F.col("objective").desc()], k, group, tie_break=("request_id",))
 
 
+def with_popularity(rows: DataFrame, log: DataFrame, date: str, settings) -> DataFrame:
+    """``rows`` (with ``video_id`` and ``request_time_ms``) + :data:`POPULARITY_COL`: the video's
+    clicks in the ``settings.retrieval.popularity_lookback_days`` before the row's request time,
+    labels visible then (the popularity baseline's count; 0 without one). ``log``: ``bronze_log``."""
+    from features.candidates import T_COL
+    from features.retrieval import click_counts
+
+    times = rows.select(T_COL).where(F.col(T_COL).isNotNull()).distinct()
+    events = log.where(F.col("date") <= F.lit(date).cast("date"))
+    counts = click_counts(events, times, settings.retrieval.popularity_lookback_days).withColumnRenamed(
+        "clicks", POPULARITY_COL)
+    return rows.join(counts, [T_COL, "video_id"], "left").fillna({POPULARITY_COL: 0.0})
+
+
 class RankingInputError(ValueError):
     """The lake lacks what a ranking needs (no scores of the model, tasks of the objective unscored)."""
 
@@ -137,7 +176,8 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights: Object
 
     from conf.lake import read_table, table_exists
     from conf.schemas import RECOMMENDATIONS_SCHEMA
-    from conf.tables import CANDIDATES, SCORES
+    from conf.tables import BRONZE_LOG, CANDIDATES, SCORES
+    from features.candidates import T_COL
 
     if not table_exists(spark, settings, SCORES):
         raise RankingInputError(f"the scores table does not exist yet: run `infnet score --model {model} --date {date}` first")
@@ -160,9 +200,13 @@ def ranked_lists(spark, settings, model, date: str, source: str, weights: Object
     meta = (read_table(spark, settings, CANDIDATES)
             .where((F.col("date") == F.lit(date).cast("date")) & (F.col("source") == source))
             .groupBy(F.col("request_id").alias("_m_request"), F.col("video_id").alias("_m_video"))
-            .agg(F.first("channels").alias("channels"), F.max("retrieval_score").alias("retrieval_score")))
+            .agg(F.first("channels").alias("channels"), F.max("retrieval_score").alias("retrieval_score"),
+                 F.first(T_COL).alias(T_COL)))
     rows = scores.join(meta, (F.col("request_id") == F.col("_m_request")) & (F.col("video_id") == F.col("_m_video")),
-                       "left").withColumn("objective", objective_column(weights).cast("double")).cache()
+                       "left")
+    if needs_popularity(weights):
+        rows = with_popularity(rows, read_table(spark, settings, BRONZE_LOG), date, settings)
+    rows = rows.withColumn("objective", objective_column(weights).cast("double")).cache()
     n = rows.count()
     dropped = rows.where(F.col("objective").isNull() | F.isnan("objective")).count()
     best = top_k(rows, weights, k).cache()

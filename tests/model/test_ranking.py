@@ -72,6 +72,22 @@ def test_the_exposure_objective_multiplies_the_task_terms_by_p_exposed(spark):
             parse_objective(bad)
 
 
+def test_a_popularity_prior_multiplies_the_task_terms(spark):
+    from pyspark.sql import functions as F
+
+    clicks = {10: 0.0, 11: 3.0, 13: 1.0}  # v12 has no count: 0 clicks
+    df = spark.createDataFrame(ROWS[:4], SCORES).withColumn(
+        "popularity_clicks", F.element_at(F.create_map(*[F.lit(x) for kv in clicks.items() for x in kv]), F.col("video_id")))
+    got = top_k(df, parse_objective("click=1,long_view=1,like=1,popularity=0.5"), k=4).orderBy("rank").collect()
+    # v11: 1.0 x 4^.5 = 2; v13: 2.0 x 2^.5; v10: 1.0 x 1; v12: .9 x 1
+    assert [(r["video_id"], round(r["objective"], 6)) for r in got] == [
+        (13, round(2 * 2 ** 0.5, 6)), (11, 2.0), (10, 1.0), (12, 0.9)]
+    assert top_k(df, parse_objective("click=1,long_view=1,like=1,popularity=0"), k=1).first()["video_id"] == 13
+    for bad in ("popularity=1", "popularity=1,retrieval=2", "exposed*popularity=1"):
+        with pytest.raises(ValueError, match="TASK=WEIGHT"):
+            parse_objective(bad)
+
+
 def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_factory, capsys):
     from pyspark.sql import functions as F
 
@@ -127,3 +143,10 @@ def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_fact
     assert spark.read.format("delta").load(s.lake.table_path("recommendations")).count() == 3
     assert spark.read.format("delta").load(s.lake.table_path("metrics")).count() == len(rows)
     assert main(["--lake", s.lake.root, "--model", "m@1", "--date", "2022-05-04", "--objective", "click=x"]) == 2
+    # the popularity prior counts v13's 2 clicks of the day before the request time: 2.0 x (1 + 2)^1
+    assert main(["--lake", s.lake.root, "--model", "m@1", "--date", "2022-05-04", "--k", "2", "--no-evaluate",
+                 "--objective", "click=1,long_view=1,like=1,popularity=1"]) == 0
+    recs = spark.read.format("delta").load(s.lake.table_path("recommendations")).orderBy("user_id", "rank").collect()
+    assert [(r["user_id"], r["video_id"], round(r["objective"], 6)) for r in recs] == [
+        (1, 13, 6.0), (1, 10, 1.0), (2, 10, 0.3)]
+    assert {r["objective_spec"] for r in recs} == {"click=1,long_view=1,like=1,popularity=1"}
