@@ -424,8 +424,9 @@ def evaluate_lists(spark, settings, models, date: str, source: str, k: int) -> p
     or None when the log has no impressions on the date: slice ``list@K`` (recall, NDCG, hit rate
     and the candidate set's recall ceiling per task, coverage) and ``ips_list@K`` (the IPS-weighted
     recall, NDCG and ceiling, propensities from the log before the date's earliest request time,
-    ``settings.replay``). The propensity fits per task are in ``.attrs["propensity_fits"]``
-    (:func:`format_list_metrics` shows them)."""
+    ``settings.replay``). The propensity fits per task are in ``.attrs["propensity_fits"]``, each
+    model against each baseline (:func:`versus_baselines`, records) in ``.attrs["versus_baselines"]``
+    (:func:`format_list_metrics` shows both)."""
     import datetime as dt
 
     from conf.lake import read_table
@@ -451,9 +452,9 @@ def evaluate_lists(spark, settings, models, date: str, source: str, k: int) -> p
     pop = click_counts(events, times, settings.retrieval.popularity_lookback_days)
     with_pop = candidates.join(pop, [T_COL, "video_id"], "left").fillna({"clicks": 0.0})
     lists[("popularity", BASELINE_VERSION)] = top_k_per_user(with_pop, [F.col("clicks").desc()], k)
-    frames = []
+    frames, pdfs = [], {}
     for (name, version), lst in lists.items():
-        pdf = lst.toPandas()
+        pdf = pdfs[(name, version)] = lst.toPandas()
         for summary in (summarise(per_user_metrics(pdf, positives, k), pdf, catalog, k, ceiling),
                         summarise(per_user_metrics(pdf, weighted, k, weighted=True), pdf, catalog, k, ips_ceiling,
                                   weighted=True)):
@@ -463,7 +464,29 @@ def evaluate_lists(spark, settings, models, date: str, source: str, k: int) -> p
     out["date"] = dt.date.fromisoformat(date)
     out.attrs["propensity_fits"] = fits
     out.attrs["propensity_cut_ms"] = cut
+    # records, not a frame: pandas compares attrs when frames are combined
+    out.attrs["versus_baselines"] = versus_baselines(pdfs, [(m.name, m.version) for m in models], weighted, k,
+                                                     catalog).to_dict("records")
     return out
+
+
+def versus_baselines(lists: dict, models, positives: pd.DataFrame, k: int, catalog_size: int,
+                     n_boot: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Each model's list against each baseline order of the same candidates (``lists``: ``(name,
+    version)`` -> list rows; ``models``: the keys that are models): :func:`compare_lists` rows
+    (control = the baseline, treatment = the model) of recall and NDCG, naive and IPS, with
+    ``model`` and ``baseline`` columns; the paired bootstrap over users says whether a model's lists
+    beat what the candidates give for free."""
+    from evaluation.ab import ABConfig
+
+    n_boot = n_boot or ABConfig().n_boot
+    frames = []
+    for model in models:
+        for baseline in [key for key in lists if key[0] in BASELINES]:
+            table = compare_lists(lists[baseline], lists[model], positives, k, catalog_size, n_boot, seed)
+            table = table[table["metric"].isin(("recall", "ndcg"))]
+            frames.append(table.assign(model=f"{model[0]}@{model[1]}", baseline=baseline[0]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def list_metrics_frame(spark, metrics: pd.DataFrame) -> DataFrame:
@@ -502,6 +525,17 @@ def format_list_metrics(pdf: pd.DataFrame, k: int) -> str:
                          f"positives before the request time; ceiling likewise):"
                          + "".join(f"\n  propensities {fit.describe()}" for fit in fits.values()))
         lines.append(wide[order].to_string(float_format=lambda x: f"{x:.4f}"))
+    versus = pd.DataFrame(pdf.attrs.get("versus_baselines") or [])
+    if not versus.empty:
+        lines.append("model - baseline, paired bootstrap over users (delta [95% CI]; * = CI above zero):")
+        cell = versus.assign(
+            column=lambda d: d["task"] + " " + d["metric"] + d["slice"].map({list_slice(k): "", ips_slice(k): " ips"}),
+            text=lambda d: [f"{r.delta:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}]{'*' if r.ci_low > 0 else ''}"
+                            for r in d.itertuples()],
+            pair=lambda d: d["model"] + " - " + d["baseline"])
+        wide = cell.pivot_table(index="pair", columns="column", values="text", aggfunc="first")
+        order = [f"{t} {m}{w}" for w in ("", " ips") for t in ("click", "long_view") for m in ("recall", "ndcg")]
+        lines.append(wide[[c for c in order if c in wide.columns]].to_string())
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.lists import compare_lists, coverage, per_user_metrics, summarise
+from evaluation.lists import compare_lists, coverage, format_list_metrics, per_user_metrics, summarise, versus_baselines
 
 LISTS = pd.DataFrame({  # user 1: 10, 11, 12, 13; user 2: 20, 10; user 4: 30
     "user_id": [1, 1, 1, 1, 2, 2, 4],
@@ -73,6 +73,23 @@ def test_paired_bootstrap_of_two_arms():
     assert row["ci_low"] >= 0 and row["ci_high"] > 0 and row["n_users"] == 3
     assert diff.loc[("like", "recall"), "delta"] == -1.0  # the like at rank 1 fell out of the top 3
     assert set(diff["slice"]) == {"list@3"} and np.isfinite(diff.loc[("all", "coverage"), "ci_low"])
+
+
+def test_each_model_is_compared_with_each_baseline():
+    better = LISTS.copy()
+    better.loc[(better["user_id"] == 1) & (better["video_id"] == 13), "rank"] = 1
+    better.loc[(better["user_id"] == 1) & (better["video_id"] == 10), "rank"] = 4
+    lists = {("m", "3"): better, ("popularity", "0"): LISTS, ("retrieval_order", "0"): better}
+    table = versus_baselines(lists, [("m", "3")], POSITIVES, k=3, catalog_size=20, n_boot=50)
+    assert set(zip(table["model"], table["baseline"])) == {("m@3", "popularity"), ("m@3", "retrieval_order")}
+    assert set(table["metric"]) == {"recall", "ndcg"}
+    click = table[(table["task"] == "click") & (table["metric"] == "recall")].set_index("baseline")
+    assert click.loc["popularity", "delta"] == pytest.approx(1 / 9) and click.loc["retrieval_order", "delta"] == 0
+    frame = pd.DataFrame({"model_name": ["m"], "model_version": ["3"], "task": ["click"], "metric": ["recall"],
+                          "slice": ["list@3"], "value": [0.5], "n": [3]})
+    frame.attrs["versus_baselines"] = table.to_dict("records")
+    text = format_list_metrics(frame, 3)
+    assert "m@3 - popularity" in text and "+0.1111" in text
 
 
 def test_spark_lists_and_positives(spark):

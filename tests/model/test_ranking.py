@@ -138,6 +138,7 @@ def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_fact
     out = capsys.readouterr().out
     assert "list metrics @2" in out and "3 list entries for 2 users" in out
     assert "IPS-weighted list metrics @2" in out and "propensities click: gamma" in out
+    assert "m@1 - popularity" in out and "m@1 - retrieval_order" in out  # each model against each baseline
     # idempotent: a rerun replaces the lists and the metrics
     assert main(["--lake", s.lake.root, "--model", "m@1", "--date", "2022-05-04", "--k", "2"]) == 0
     assert spark.read.format("delta").load(s.lake.table_path("recommendations")).count() == 3
