@@ -501,9 +501,11 @@ class RankingSettings:
     # rows' repeated sequences from the JVM to Python cost more than scoring them); "flat" = one per candidate
     scoring_layout: str = "packed"
     top_k: int = 50
-    # objective = sum_t weight_t * score_t over the binary task probabilities: by default the
-    # expected number of positive actions (click + long view + like) of the candidate
-    objective: tuple[tuple[str, float], ...] = (("click", 1.0), ("long_view", 1.0), ("like", 1.0))
+    # objective = sum_t weight_t * score_t over the binary task probabilities (the expected number
+    # of positive actions given a showing: click + long view + like), times the popularity exposure
+    # prior (1 + the video's 7-day clicks)^2 (model/ranking.py): 2 is the smallest exponent at which
+    # neither INFNet's nor MMoE's lists lose to popularity on the valid day (README, "Lists")
+    objective: tuple[tuple[str, float], ...] = (("click", 1.0), ("long_view", 1.0), ("like", 1.0), ("popularity", 2.0))
 
 
 @dataclass(frozen=True)

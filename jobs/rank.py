@@ -2,7 +2,8 @@
 
 ``infnet rank --model NAME[@VERSION][,NAME...] --date D`` reads each model version's ``scores`` of the date's
 candidates of ``--source`` (default retrieval), computes the ranking objective (``--objective``,
-default ``click=1,long_view=1,like=1``: the expected number of positive actions; model/ranking.py),
+default ``click=1,long_view=1,like=1,popularity=2``: the expected number of positive actions given a
+showing times the popularity exposure prior, (1 + the video's 7-day clicks)^2; model/ranking.py),
 and writes per (date, user) the top ``--k`` (default 50) with rank, every task score, the
 objective, the retrieval channel(s) and score, the model version and the feature-table version.
 Ties are broken by video_id. A rerun replaces the date's lists of that model version.
@@ -11,7 +12,9 @@ Then, unless ``--no-evaluate``, when the log has the date: replay evaluation of 
 each user's logged positives (click, long view, like) of the date (evaluation/lists.py): recall,
 NDCG and hit rate @K per task and catalog coverage, for the model and for two orders of the same
 candidates (``retrieval_order``: the retrieval score; ``popularity``: clicks in the 7 days before the
-request time), into ``metrics`` with slice ``list@K`` (model version ``0`` for the two baselines).
+request time), into ``metrics`` with slice ``list@K`` (model version ``0`` for the two baselines),
+the IPS-weighted replay as slice ``ips_list@K``; then each model's lists against each baseline
+(paired bootstrap over users, 95 % CI) are printed.
 
 example:  infnet rank --model infnet --date 2022-05-04 --objective click=1,long_view=2,like=5
 """
@@ -39,8 +42,9 @@ def build_parser():
     parser.add_argument("--k", type=parse_positive_int, default=rk.top_k, help=f"list length (default {rk.top_k})")
     parser.add_argument("--objective", default=objective_spec(rk.objective),
                         help=f"TASK=WEIGHT,... over the task scores, plus retrieval=W for W x the retrieval "
-                             f"score; exposed*TASK=W,... (or expected_actions) multiplies the task terms by an "
-                             f"entire-space model's P(exposed) (default {objective_spec(rk.objective)})")
+                             f"score; popularity=A multiplies the task terms by (1 + the video's 7-day clicks)^A; "
+                             f"exposed*TASK=W,... (or expected_actions) multiplies them by an entire-space "
+                             f"model's P(exposed) (default {objective_spec(rk.objective)})")
     parser.add_argument("--no-evaluate", action="store_true", help="write the lists only, no replay metrics")
     return parser
 

@@ -1,8 +1,10 @@
 """From task scores to a ranked list: the objective and the top K per user.
 
-The objective is a weighted sum of task scores, ``sum_t weight_t * score_t``. The default
-(``conf.settings.RankingSettings.objective``) weighs click, long view and like probabilities 1
-each: the expected number of positive actions a candidate earns. :func:`top_k` keeps, per (date,
+The objective is a weighted sum of task scores, ``sum_t weight_t * score_t``, optionally times an
+exposure factor (below). The default (``conf.settings.RankingSettings.objective``,
+``click=1,long_view=1,like=1,popularity=2``) weighs click, long view and like probabilities 1 each
+(the expected number of positive actions given a showing) times the popularity prior
+``(1 + n)^2``. :func:`top_k` keeps, per (date,
 user), the K candidates with the highest objective; a video the user got in several requests of
 the date counts once, at its best; ties are broken by ``video_id`` (then ``request_id``), so a
 rerun gives the same list. :func:`top_k_by` is that cut for any order (the replay's baselines,

@@ -121,7 +121,9 @@ def test_rank_job_writes_lists_and_replay_metrics(spark, settings, tmp_path_fact
     recs = spark.read.format("delta").load(s.lake.table_path("recommendations")).orderBy("user_id", "rank").collect()
     assert [(r["user_id"], r["rank"], r["video_id"]) for r in recs] == [(1, 1, 13), (1, 2, 10), (2, 1, 10)]
     assert recs[0]["channels"] == ["popular"] and recs[0]["feature_version"] == 7
-    assert {r["objective_spec"] for r in recs} == {"click=1,long_view=1,like=1"}
+    # the default objective: the task scores times the popularity prior, (1 + 2)^2 for v13
+    assert {r["objective_spec"] for r in recs} == {"click=1,long_view=1,like=1,popularity=2"}
+    assert recs[0]["objective"] == pytest.approx(2.0 * 9)
     rows = spark.read.format("delta").load(s.lake.table_path("metrics")).collect()
     metrics = {(r["model_name"], r["task"], r["metric"]): r for r in rows if r["slice"] == "list@2"}
     # user 1's only positive, v11: not in the model's top 2 (13, 10); first in the retrieval
