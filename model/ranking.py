@@ -30,7 +30,7 @@ prior the replay's propensities use (evaluation/lists.py): the task terms times 
 labels visible then (:func:`features.retrieval.click_counts`, the popularity baseline's count).
 ``P(exposed) ∝ (1 + n)^A`` x ``sum_t w_t P(t | shown)``: popularity says which videos get shown at
 all, the model which of them this user engages with. ``A`` is chosen on the valid day
-(README, "Ranked lists").
+(README, "Lists" and the popularity prior under "Measured").
 
 >>> parse_objective("click=1, long_view=2,like=5")
 (('click', 1.0), ('long_view', 2.0), ('like', 5.0))
