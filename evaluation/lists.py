@@ -431,7 +431,7 @@ def evaluate_lists(spark, settings, models, date: str, source: str, k: int) -> p
 
     from conf.lake import read_table
     from conf.tables import BRONZE_LOG, BRONZE_VIDEOS, CANDIDATES, RECOMMENDATIONS
-    from features.retrieval import T_COL, click_counts
+    from model.ranking import POPULARITY_COL, with_popularity
 
     day = F.col("date") == F.lit(date).cast("date")
     log_all = read_table(spark, settings, BRONZE_LOG)
@@ -447,11 +447,8 @@ def evaluate_lists(spark, settings, models, date: str, source: str, k: int) -> p
              .select("user_id", "video_id", "rank") for m in models}
     if candidates.where(F.col("retrieval_score").isNotNull()).limit(1).count():
         lists[("retrieval_order", BASELINE_VERSION)] = top_k_per_user(candidates, [F.col("retrieval_score").desc()], k)
-    times = candidates.select(T_COL).distinct()
-    events = log_all.where(F.col("date") <= F.lit(date).cast("date"))
-    pop = click_counts(events, times, settings.retrieval.popularity_lookback_days)
-    with_pop = candidates.join(pop, [T_COL, "video_id"], "left").fillna({"clicks": 0.0})
-    lists[("popularity", BASELINE_VERSION)] = top_k_per_user(with_pop, [F.col("clicks").desc()], k)
+    with_pop = with_popularity(candidates, log_all, date, settings)  # the objective's popularity prior counts the same
+    lists[("popularity", BASELINE_VERSION)] = top_k_per_user(with_pop, [F.col(POPULARITY_COL).desc()], k)
     frames, pdfs = [], {}
     for (name, version), lst in lists.items():
         pdf = pdfs[(name, version)] = lst.toPandas()
