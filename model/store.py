@@ -12,7 +12,10 @@ root ``<lake>/models/<name>/<folder>/`` (a local folder or ``s3a://``), holding
 - ``feature_spec.json``: the spec the model expects (its fingerprint is in ``info.json``),
 - ``info.json``: architecture (registry name) + model config, training config, the Delta version
   of ``examples`` and the date split trained on, metrics, parameter count, code revision,
-  ``created_at`` (UTC ISO), the SHA-256 of ``weights.pt`` (``weights_sha256``).
+  ``created_at`` (UTC ISO), the SHA-256 of ``weights.pt`` (``weights_sha256``),
+- ``MLmodel``: the folder as an MLflow model (pyfunc flavour, signature over the flat candidate
+  layout; model/pyfunc.py), so ``mlflow.pyfunc.spark_udf(spark, "models:/infnet@champion")``
+  scores it (folders of a pre-registry store lack it).
 
 A save writes the folder completely, then registers it: registration is the commit (one database
 transaction, which also makes concurrent saves of one name take distinct numbers), so a crash
@@ -51,6 +54,7 @@ from torch import nn
 from conf.storage import arrow_filesystem
 from conf.syntax import MODEL_ALIAS_PATTERN, ModelRef, dates_label, parse_ref
 from features.spec import FeatureSpec, check_compatible
+from model.pyfunc import MLMODEL_FILE, mlmodel_yaml
 
 VERSION_DIGITS = 6
 WEIGHTS_FILE, SPEC_FILE, INFO_FILE = "weights.pt", "feature_spec.json", "info.json"
@@ -314,6 +318,7 @@ class ModelStore:
         _write_bytes(fs, f"{path}/{WEIGHTS_FILE}", buffer.getvalue())
         _write_bytes(fs, f"{path}/{SPEC_FILE}", spec.to_json().encode())
         _write_bytes(fs, f"{path}/{INFO_FILE}", info.to_json().encode())
+        _write_bytes(fs, f"{path}/{MLMODEL_FILE}", mlmodel_yaml(spec).encode())
         self._ensure_registered_model(name)
         source = f"{self.root.rstrip('/')}/{name}/{folder}"
         mv = self._call("create_model_version", name, source=source,
