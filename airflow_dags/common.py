@@ -34,7 +34,7 @@ from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 REPO_ROOT = Path(os.environ.get("INFNET_REPO") or Path(__file__).resolve().parents[1])
 # conf.settings is standard-library only, so the Airflow venv can read the lake layout and its
@@ -156,14 +156,19 @@ class InfnetSparkSubmitOperator(SparkSubmitOperator):
       task without retries, since rerunning on the same data gives the same answer; any other
       failure (a JVM crash, a lost executor, a bug) keeps the retries with backoff;
     - ``event_extra`` (templated) is attached to the asset events of the task's outlets, so that a
-      consumer knows which partition was published (e.g. ``{"date": "{{ ds }}"}``).
+      consumer knows which partition was published (e.g. ``{"date": "{{ ds }}"}``);
+    - ``skip_on_refusal``: a refusal (exit 2) skips the task instead of failing it, for a job whose
+      refusal is an answer, not an error (``promote``: the evidence does not let the candidate
+      take the alias; the log says why).
     """
 
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "event_extra")
 
-    def __init__(self, *, event_extra: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, event_extra: Mapping[str, Any] | None = None, skip_on_refusal: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.event_extra = dict(event_extra or {})
+        self.skip_on_refusal = skip_on_refusal
 
     def execute(self, context: Any) -> None:
         try:
@@ -171,7 +176,11 @@ class InfnetSparkSubmitOperator(SparkSubmitOperator):
         except AirflowFailException:
             raise
         except AirflowException as err:
-            if job_exit_code(err, getattr(self, "_hook", None)) == JOB_REFUSED_EXIT_CODE:
+            refused = job_exit_code(err, getattr(self, "_hook", None)) == JOB_REFUSED_EXIT_CODE
+            if refused and self.skip_on_refusal:
+                raise AirflowSkipException(f"{self.task_id}: the job declined (exit {JOB_REFUSED_EXIT_CODE}); "
+                                           "its reason is in the log above") from err
+            if refused:
                 raise AirflowFailException(
                     f"{self.task_id}: the job refused its input (exit {JOB_REFUSED_EXIT_CODE}); not "
                     "retrying, since the same data gives the same answer. Its message is in the log "

@@ -12,9 +12,11 @@
   retries, reruns and backfills (``airflow backfill create --dag-id infnet_daily --from-date
   2022-04-25 --to-date 2022-05-04``) never duplicate rows.
 - The champion (control) and challenger (treatment) are DAG params, ``name``, ``name@version`` or
-  ``name@alias`` (MLflow registry aliases: ``infnet@champion``, ``infnet@challenger``):
-  ``airflow dags trigger infnet_daily -c '{"challenger": "infnet@challenger"}'``.
-  Without a version the jobs take the newest registered one. A param is checked against
+  ``name@alias`` (MLflow registry aliases), by default ``infnet@champion`` (the version serving,
+  moved by the training DAG's ``promote`` on evidence) and ``infnet@challenger`` (the newest
+  trained): ``airflow dags trigger infnet_daily -c '{"champion": "mmoe"}'`` compares with the
+  newest MMoE instead. Without a version the jobs take the newest registered one; while the two
+  aliases name one version, the A/B report says so and writes nothing. A param is checked against
   ``conf.syntax.MODEL_REF_PATTERN``, the rule the jobs parse with, so a run the DAG accepts is not
   refused by its jobs (``mmoe@latest`` is refused at trigger time).
 - All Spark tasks share the pool ``spark_embedded`` of one slot: the embedded Derby metastore
@@ -46,10 +48,12 @@ from airflow_dags.common import (  # noqa: E402
     score_and_evaluate,
     spark_job,
 )
+from conf.settings import PromotionSettings  # noqa: E402
 from conf.syntax import MODEL_REF_PATTERN  # noqa: E402  (the jobs' own rule: name or name@version)
 
 DAG_ID = "infnet_daily"
 DAY = "{{ ds }}"
+PROMOTION = PromotionSettings()
 
 with DAG(
     dag_id=DAG_ID,
@@ -60,10 +64,10 @@ with DAG(
     max_active_runs=1,  # days in order: the gates compare a partition with the previous one
     default_args=DEFAULT_ARGS,
     params={
-        "champion": Param("mmoe", type="string", pattern=MODEL_REF_PATTERN,
-                          description="control arm of the A/B report: model name or name@version"),
-        "challenger": Param("infnet", type="string", pattern=MODEL_REF_PATTERN,
-                            description="treatment arm of the A/B report: model name or name@version"),
+        "champion": Param(f"infnet@{PROMOTION.champion_alias}", type="string", pattern=MODEL_REF_PATTERN,
+                          description="control arm of the A/B report: name, name@version or name@alias"),
+        "challenger": Param(f"infnet@{PROMOTION.challenger_alias}", type="string", pattern=MODEL_REF_PATTERN,
+                            description="treatment arm of the A/B report: name, name@version or name@alias"),
     },
     tags=["infnet", "spark", "daily"],
     doc_md=__doc__,

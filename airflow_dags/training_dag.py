@@ -3,16 +3,22 @@ its quality gate (data-aware: the ``infnet.examples`` Asset, emitted by ``infnet
 
 ::
 
-    train_<model> -----------------+
-    build_candidates_valid --------+-> score_valid_<model> -> evaluate_valid_<model>
+    train_<model> -> first_champion_<model> --+-> score_valid_<model> ----------> evaluate_valid_<model> ----------+
+    build_candidates_valid -------------------+-> score_valid_champion_<model> -> evaluate_valid_champion_<model> -+
+        -> ab_report_valid_<model> -> promote_<model>
 
-for each model in ``MODELS_TO_TRAIN`` (INFNet and the MMoE baseline, the two arms of the daily
-A/B report). ``train`` registers a new version of ``<name>`` in MLflow's Model Registry (its
-artifacts under ``models/<name>/``; the ``infnet.models`` Asset event) and points ``<name>@challenger``
-at it; the daily DAG picks the newest version unless its params name a version or an alias
-(``infnet@champion``, moved by ``infnet promote`` on an A/B report's evidence). The new version is
-then scored and evaluated on the validation days into ``scores``/``metrics`` under its own
-version, beside the previous ones.
+for each model in ``MODELS_TO_TRAIN`` (INFNet and the MMoE baseline). ``train`` registers a new
+version of ``<name>`` in MLflow's Model Registry (its artifacts under ``models/<name>/``; the
+``infnet.models`` Asset event) and points ``<name>@challenger`` at it. ``first_champion`` gives a
+name its first ``@champion`` (``infnet promote --if-absent``: the first version has nothing to be
+compared with; later runs leave the alias alone). The challenger and the champion are scored and
+evaluated on the validation days (``scores`` / ``metrics`` under their own versions), compared by
+``ab_report`` (champion = control), and ``promote`` moves ``<name>@champion`` to the challenger
+only if that report shows it winning on the primary metric and losing no guard
+(``conf.settings.PromotionSettings``); otherwise the task is *skipped*, not failed, and its log
+says why. While the champion is the challenger (a name's first run) the report has nothing to
+compare and promotion has nothing to move. The daily DAG scores ``infnet@champion`` against
+``infnet@challenger`` by default.
 
 Dates (the jobs' ``a..b`` ranges): validation = the last ``valid_days`` days up to the window end,
 training = the ``train_days`` days before them. The window end is ``params.end_date`` if given,
@@ -32,6 +38,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, c
 if (_repo := str(Path(__file__).resolve().parents[1])) not in sys.path:
     sys.path.append(_repo)
 from airflow_dags.common import (  # noqa: E402
+    AB_REPORTS,
     CANDIDATES,
     DEFAULT_ARGS,
     EXAMPLES,
@@ -41,9 +48,11 @@ from airflow_dags.common import (  # noqa: E402
     score_and_evaluate,
     spark_job,
 )
+from conf.settings import PromotionSettings  # noqa: E402
 
 DAG_ID = "infnet_training"
 MODELS_TO_TRAIN = ("infnet", "mmoe")
+PROMOTION = PromotionSettings()
 WEEKLY = CronTriggerTimetable("0 3 * * 1", timezone="UTC")  # Mondays 03:00 UTC
 
 WINDOW = "training_window(params, dag_run, triggering_asset_events)"
@@ -52,7 +61,7 @@ VALID_DATES = "{{ %s.valid }}" % WINDOW
 
 with DAG(
     dag_id=DAG_ID,
-    description="train INFNet and MMoE, score and evaluate them on the validation days",
+    description="train INFNet and MMoE, compare each with its champion on the validation days, promote on evidence",
     schedule=AssetOrTimeSchedule(timetable=WEEKLY, assets=[EXAMPLES]),
     start_date=START_DATE,
     catchup=False,
@@ -73,10 +82,31 @@ with DAG(
         outlets=[CANDIDATES], event_extra={"dates": VALID_DATES},
     )
     for name in MODELS_TO_TRAIN:
+        challenger, champion = f"{name}@{PROMOTION.challenger_alias}", f"{name}@{PROMOTION.champion_alias}"
         train = spark_job(
             f"train_{name}", "train",
             ["--model", name, "--train-dates", TRAIN_DATES, "--valid-dates", VALID_DATES],
             outlets=[MODELS], event_extra={"model": name, "train_dates": TRAIN_DATES},
         )
-        score, _ = score_and_evaluate(f"valid_{name}", name, VALID_DATES, {"dates": VALID_DATES})
-        chain([train, candidates], score)
+        first_champion = spark_job(
+            f"first_champion_{name}", "promote",
+            ["--candidate", challenger, "--alias", PROMOTION.champion_alias, "--if-absent"],
+        )
+        arms = []
+        for suffix, model in ((f"valid_{name}", challenger), (f"valid_champion_{name}", champion)):
+            score, evaluate = score_and_evaluate(suffix, model, VALID_DATES, {"dates": VALID_DATES})
+            chain([first_champion, candidates], score)
+            arms.append(evaluate)
+        ab_report = spark_job(
+            f"ab_report_valid_{name}", "ab_report",
+            ["--control", champion, "--treatment", challenger, "--dates", VALID_DATES],
+            outlets=[AB_REPORTS], event_extra={"dates": VALID_DATES},
+        )
+        promote = spark_job(
+            f"promote_{name}", "promote",
+            ["--candidate", challenger, "--alias", PROMOTION.champion_alias, "--against", champion,
+             "--dates", VALID_DATES],
+            skip_on_refusal=True,
+        )
+        train >> first_champion
+        chain(arms, ab_report, promote)

@@ -12,7 +12,9 @@ what the candidate sets allow (the recall ceiling, naive and IPS). Slice verdict
 slice size (``--min-slice-n``) and Benjamini-Hochberg adjusted p-values (evaluation/ab.py).
 Writes the ``ab_reports`` table
 (a rerun of the same control, treatment and dates replaces its ``report_id``) and
-``<lake>/reports/ab/<report_id>/report.html`` + ``summary.md``, then prints the summary.
+``<lake>/reports/ab/<report_id>/report.html`` + ``summary.md``, then prints the summary. Two
+references that pin to the same version (``infnet@champion`` and ``infnet@challenger`` before a
+name's first promotion) are one line and exit 0: nothing to compare, nothing written.
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ def body(spark, settings, args) -> None:
 
     store = ModelStore.of(settings)
     args.control, args.treatment = store.pin(args.control), store.pin(args.treatment)
+    if args.control == args.treatment:  # e.g. @champion and @challenger before the first promotion
+        print(f"ab_report: control and treatment are both {args.control}: nothing to compare, no report written")
+        return
     try:
         control_scores, _ = read_model_scores(spark, settings, args.control, args.dates)
         treatment_scores, _ = read_model_scores(spark, settings, args.treatment, args.dates)

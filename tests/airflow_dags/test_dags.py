@@ -143,9 +143,9 @@ def test_ds_flows_into_every_job_date(daily):
     assert (flag(ab_args, "--control"), flag(ab_args, "--treatment")) == ("mmoe@2", "infnet")
 
 
-def test_champion_and_challenger_are_params_with_model_defaults(daily):
+def test_champion_and_challenger_are_params_with_registry_alias_defaults(daily):
     params = daily.params.dump()
-    assert params == {"champion": "mmoe", "challenger": "infnet"}
+    assert params == {"champion": "infnet@champion", "challenger": "infnet@challenger"}
 
 
 def test_a_model_reference_param_rejects_garbage(daily):
@@ -163,17 +163,34 @@ def test_a_model_reference_param_rejects_garbage(daily):
 
 
 def test_training_graph(training):
-    assert set(training.task_ids) == {
-        "build_candidates_valid",
-        "train_infnet", "score_valid_infnet", "evaluate_valid_infnet",
-        "train_mmoe", "score_valid_mmoe", "evaluate_valid_mmoe",
+    per_name = ("train_{}", "first_champion_{}", "score_valid_{}", "evaluate_valid_{}", "score_valid_champion_{}",
+                "evaluate_valid_champion_{}", "ab_report_valid_{}", "promote_{}")
+    assert set(training.task_ids) == {"build_candidates_valid"} | {t.format(n) for n in ("infnet", "mmoe") for t in per_name}
+    expected = set()
+    for n in ("infnet", "mmoe"):
+        expected |= {("train_" + n, "first_champion_" + n), ("ab_report_valid_" + n, "promote_" + n)}
+        for arm in (f"valid_{n}", f"valid_champion_{n}"):
+            expected |= {("first_champion_" + n, "score_" + arm), ("build_candidates_valid", "score_" + arm),
+                         ("score_" + arm, "evaluate_" + arm), ("evaluate_" + arm, "ab_report_valid_" + n)}
+    assert edges(training) == expected
+
+
+def test_training_compares_the_challenger_with_the_champion_and_promotes_on_that_report(training):
+    context = {
+        "params": {"end_date": "2022-05-04", "train_days": 7, "valid_days": 2},
+        "dag_run": SimpleNamespace(logical_date=None, run_after=dt.datetime(2026, 1, 1)),
+        "triggering_asset_events": {},
     }
-    assert edges(training) == {
-        ("train_infnet", "score_valid_infnet"), ("build_candidates_valid", "score_valid_infnet"),
-        ("score_valid_infnet", "evaluate_valid_infnet"),
-        ("train_mmoe", "score_valid_mmoe"), ("build_candidates_valid", "score_valid_mmoe"),
-        ("score_valid_mmoe", "evaluate_valid_mmoe"),
-    }
+    assert flag(render(training, "score_valid_infnet", context), "--model") == "infnet@challenger"
+    assert flag(render(training, "score_valid_champion_infnet", context), "--model") == "infnet@champion"
+    report = render(training, "ab_report_valid_infnet", context)
+    assert (flag(report, "--control"), flag(report, "--treatment")) == ("infnet@champion", "infnet@challenger")
+    promote = render(training, "promote_infnet", context)
+    assert (flag(promote, "--candidate"), flag(promote, "--against"), flag(promote, "--dates")) == (
+        "infnet@challenger", "infnet@champion", flag(report, "--dates"))
+    assert "--if-absent" in render(training, "first_champion_mmoe", context)
+    assert training.get_task("promote_infnet").skip_on_refusal
+    assert not training.get_task("first_champion_infnet").skip_on_refusal
 
 
 def test_training_runs_weekly_or_when_examples_pass_their_gate(training):
@@ -341,6 +358,15 @@ def test_a_job_that_refuses_its_input_fails_without_retries(monkeypatch):
         op.execute({})
 
 
+def test_a_declined_promotion_skips_the_task(monkeypatch):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    op = _operator_failing_with(monkeypatch, 2)
+    op.skip_on_refusal = True
+    with pytest.raises(AirflowSkipException, match="declined"):
+        op.execute({})
+
+
 def test_any_other_job_failure_is_left_to_the_retries(monkeypatch):
     op = _operator_failing_with(monkeypatch, 1)
     with pytest.raises(AirflowException) as err:
@@ -380,9 +406,10 @@ def test_outlets_declare_each_published_table(daily, training):
     }
     assert outlets(training) == {
         "build_candidates_valid": ["infnet.candidates"],
-        "train_infnet": ["infnet.models"], "train_mmoe": ["infnet.models"],
-        "score_valid_infnet": ["infnet.scores"], "score_valid_mmoe": ["infnet.scores"],
-        "evaluate_valid_infnet": ["infnet.metrics"], "evaluate_valid_mmoe": ["infnet.metrics"],
+        **{f"train_{n}": ["infnet.models"] for n in ("infnet", "mmoe")},
+        **{f"score_{a}_{n}": ["infnet.scores"] for n in ("infnet", "mmoe") for a in ("valid", "valid_champion")},
+        **{f"evaluate_{a}_{n}": ["infnet.metrics"] for n in ("infnet", "mmoe") for a in ("valid", "valid_champion")},
+        **{f"ab_report_valid_{n}": ["infnet.ab_reports"] for n in ("infnet", "mmoe")},
     }
 
 
@@ -459,13 +486,19 @@ def test_dag_test_runs_the_pipeline_on_the_demo_data(dagbag, tmp_path, monkeypat
     for d in history_days:  # no model yet: the model tasks are marked successful, not run
         run = daily.test(logical_date=_day(d), mark_success_pattern=r"(score|evaluate|ab_report).*")
         assert run.state == DagRunState.SUCCESS, states(run)
+    # The first versions: each name's first champion is its challenger, so the champion arm's
+    # scoring and the report (nothing to compare) are marked successful, not run.
     run = training.test(
         logical_date=_day(history_days[-1]),
         run_conf={"end_date": history_days[-1], "train_days": 1, "valid_days": 1},
+        mark_success_pattern=r"(score_valid_champion|evaluate_valid_champion|ab_report_valid)_.*",
     )
     assert run.state == DagRunState.SUCCESS, states(run)
+    assert {t: s for t, s in states(run).items() if t.startswith(("first_champion", "promote"))} == {
+        f"{t}_{n}": "success" for t in ("first_champion", "promote") for n in ("infnet", "mmoe")}
     assert sorted(p.name for p in (lake / "models").iterdir() if not p.name.startswith(".")) == ["infnet", "mmoe"]
-    run = daily.test(logical_date=_day(day))
+    # registry aliases as DAG params: MMoE's champion against INFNet's challenger (version 1 each)
+    run = daily.test(logical_date=_day(day), run_conf={"champion": "mmoe@champion"})
     assert run.state == DagRunState.SUCCESS, states(run)
     assert set(states(run).values()) == {"success"}, states(run)
 

@@ -174,6 +174,20 @@ def test_ab_report_job_writes_table_and_files(spark, settings, capsys):
         spark.conf.set("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
 
 
+def test_one_version_against_itself_is_one_line_and_writes_nothing(spark, settings, capsys):
+    from conf.lake import read_table
+    from conf.tables import AB_REPORTS
+    from evaluation.ab import report_id_for
+    from jobs import ab_report
+
+    argv = ["--lake", settings.lake.root, "--control", "abctl@1", "--treatment", "abctl@1", "--dates", "2022-06-01"]
+    assert ab_report.main(argv) == 0
+    assert "both abctl@1: nothing to compare, no report written" in capsys.readouterr().out
+    rid = report_id_for("abctl@1", "abctl@1", ["2022-06-01"])
+    if spark.catalog.tableExists(f"{settings.lake.database}.{AB_REPORTS.name}"):
+        assert read_table(spark, settings, AB_REPORTS).where(f"report_id = '{rid}'").count() == 0
+
+
 def test_the_report_slices_by_the_raw_values(spark):
     """The per-slice rows (and the report's per-slice plot) used to read ``tab=98``,
     ``user_active_degree=778``: the hashed buckets of examples. They name raw values now."""

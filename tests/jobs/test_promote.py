@@ -39,9 +39,10 @@ def lake(tmp_path_factory):
 
 def test_a_winning_report_moves_the_alias(lake, capsys):
     root, store = lake
-    assert main(["--lake", root, "--candidate", "ranker@2", "--report", "aaa111"]) == 0
-    assert store.aliases("ranker")["champion"] == 2
-    assert capsys.readouterr().out.startswith("ranker@champion -> version 2 (new alias): ranker@2 wins on click:auc")
+    # another alias than the default: the tests below check that champion (unset) never moves
+    assert main(["--lake", root, "--candidate", "ranker@2", "--report", "aaa111", "--alias", "production"]) == 0
+    assert store.aliases("ranker")["production"] == 2
+    assert capsys.readouterr().out.startswith("ranker@production -> version 2 (new alias): ranker@2 wins on click:auc")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -54,6 +55,8 @@ def test_a_winning_report_moves_the_alias(lake, capsys):
     (["--candidate", "ranker@9", "--report", "aaa111"], "model ranker has no version 9"),
     (["--candidate", "ranker@2", "--report", "aaa111", "--primary", "auc"], "expected TASK:METRIC"),
     (["--candidate", "ranker@2", "--report", "aaa111", "--alias", "v1"], "bad alias 'v1'"),
+    (["--candidate", "ranker@2", "--against", "ranker@1"], "--against needs --dates"),
+    (["--candidate", "ranker@2", "--against", "ranker@1", "--dates", "2022-05-04"], "no A/B report '"),
 ])
 def test_anything_else_is_one_line_and_moves_nothing(lake, capsys, args, message):
     root, store = lake
@@ -62,3 +65,38 @@ def test_anything_else_is_one_line_and_moves_nothing(lake, capsys, args, message
     err = capsys.readouterr().err
     assert err.startswith(f"promote: error: {message}") and err.count("\n") == 1, err
     assert store.aliases("ranker") == before
+
+
+def test_against_finds_the_report_ab_report_wrote_for_the_pinned_arms(tmp_path, capsys):
+    from evaluation.ab import report_id_for
+
+    settings = Settings().with_lake(str(tmp_path))
+    store = ModelStore.of(settings)
+    for seed in (0, 1):
+        store.save("ranker", build_model("shared_bottom", SPEC, {"embed_dim": 4, "bottom_hidden": [8], "tower_hidden": [4]},
+                                         seed=seed), SPEC, architecture="shared_bottom")
+    store.set_alias("ranker", "champion", 1)
+    store.set_alias("ranker", "challenger", 2)
+    report_id = report_id_for("ranker@1", "ranker@2", ["2022-05-03", "2022-05-04"])
+    write_deltalake(settings.lake.table_path("ab_reports"), report(report_id, "wins", "ties"))
+    flags = ["--lake", str(tmp_path), "--candidate", "ranker@challenger", "--against", "ranker@champion"]
+    assert main([*flags, "--dates", "2022-05-03"]) == 2  # another day range: another report, none
+    assert "no A/B report" in capsys.readouterr().err and store.aliases("ranker")["champion"] == 1
+    assert main([*flags, "--dates", "2022-05-03..2022-05-04"]) == 0
+    assert capsys.readouterr().out.startswith("ranker@champion -> version 2 (was version 1)")
+    assert main([*flags, "--dates", "2022-05-03..2022-05-04"]) == 0  # the champion is the challenger now
+    assert capsys.readouterr().out.startswith("ranker@champion is already version 2: nothing to move")
+
+
+def test_if_absent_sets_only_a_first_alias(tmp_path, capsys):
+    settings = Settings().with_lake(str(tmp_path))
+    store = ModelStore.of(settings)
+    for seed in (0, 1):
+        store.save("ranker", build_model("shared_bottom", SPEC, {"embed_dim": 4, "bottom_hidden": [8], "tower_hidden": [4]},
+                                         seed=seed), SPEC, architecture="shared_bottom")
+    flags = ["--lake", str(tmp_path), "--alias", "champion", "--if-absent"]
+    assert main([*flags, "--candidate", "ranker@1"]) == 0
+    assert "new alias: the name's first" in capsys.readouterr().out
+    assert main([*flags, "--candidate", "ranker@2"]) == 0
+    assert capsys.readouterr().out.startswith("ranker@champion stays version 1")
+    assert store.aliases("ranker") == {"champion": 1}
