@@ -23,14 +23,20 @@ def report(report_id, click_verdict, like_verdict, control="ranker@1", treatment
     return pa.Table.from_pylist([dict(zip(names, r)) for r in rows])
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("promote_lake")
+def two_versions(root) -> tuple[Settings, ModelStore]:
+    """A lake whose registry holds ranker@1 and ranker@2 (tiny models), no alias."""
     settings = Settings().with_lake(str(root))
     store = ModelStore.of(settings)
     for seed in (0, 1):
         store.save("ranker", build_model("shared_bottom", SPEC, {"embed_dim": 4, "bottom_hidden": [8], "tower_hidden": [4]},
                                          seed=seed), SPEC, architecture="shared_bottom")
+    return settings, store
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("promote_lake")
+    settings, store = two_versions(root)
     path = settings.lake.table_path("ab_reports")
     for table in (report("aaa111", "wins", "ties"), report("bbb222", "wins", "loses"), report("ccc333", "ties", "ties")):
         write_deltalake(path, table, mode="append")
@@ -70,11 +76,7 @@ def test_anything_else_is_one_line_and_moves_nothing(lake, capsys, args, message
 def test_against_finds_the_report_ab_report_wrote_for_the_pinned_arms(tmp_path, capsys):
     from evaluation.ab import report_id_for
 
-    settings = Settings().with_lake(str(tmp_path))
-    store = ModelStore.of(settings)
-    for seed in (0, 1):
-        store.save("ranker", build_model("shared_bottom", SPEC, {"embed_dim": 4, "bottom_hidden": [8], "tower_hidden": [4]},
-                                         seed=seed), SPEC, architecture="shared_bottom")
+    settings, store = two_versions(tmp_path)
     store.set_alias("ranker", "champion", 1)
     store.set_alias("ranker", "challenger", 2)
     report_id = report_id_for("ranker@1", "ranker@2", ["2022-05-03", "2022-05-04"])
@@ -89,11 +91,7 @@ def test_against_finds_the_report_ab_report_wrote_for_the_pinned_arms(tmp_path, 
 
 
 def test_if_absent_sets_only_a_first_alias(tmp_path, capsys):
-    settings = Settings().with_lake(str(tmp_path))
-    store = ModelStore.of(settings)
-    for seed in (0, 1):
-        store.save("ranker", build_model("shared_bottom", SPEC, {"embed_dim": 4, "bottom_hidden": [8], "tower_hidden": [4]},
-                                         seed=seed), SPEC, architecture="shared_bottom")
+    settings, store = two_versions(tmp_path)
     flags = ["--lake", str(tmp_path), "--alias", "champion", "--if-absent"]
     assert main([*flags, "--candidate", "ranker@1"]) == 0
     assert "new alias: the name's first" in capsys.readouterr().out
