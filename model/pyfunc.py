@@ -67,30 +67,17 @@ class StoredModelPyfunc:
         self.predictor = predictor
 
     def predict(self, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        import pyarrow as pa
-
-        from model.scoring import score_record_batch
-
-        spec = self.predictor.spec
-        arrays = {}
-        for c in spec.feature_columns:
-            values = model_input[c]
-            if any(c == s.column or c == s.gap_column for s in spec.sequences):
-                # MLflow hands array cells as numpy arrays (or None): lists for Arrow
-                values = [None if v is None else list(v) for v in values]
-            arrays[c] = pa.array(values)
-        predictions = score_record_batch(self.predictor, pa.RecordBatch.from_pydict(arrays), reuse_user_side=False)
+        predictions = self.predictor.predict(model_input)  # the spec's columns, Arrow-converted, chunked
         return pd.DataFrame({score_column(t): np.asarray(v, np.float64) for t, v in predictions.items()})
 
 
 def _load_pyfunc(data_path: str) -> StoredModelPyfunc:
     """MLflow's entry point: ``data_path`` is the (downloaded) artifact folder."""
-    import torch
-
     from model.predict import Predictor
+    from model.scoring import choose_device
     from model.store import INFO_FILE, load_artifact
 
     name = json.loads((Path(data_path) / INFO_FILE).read_text())["name"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device()  # the task's GPU when Spark assigned one, else CUDA when present, else the CPU
     model, info = load_artifact(str(data_path), f"{name}@{PYFUNC_LABEL}", map_location=device)
     return StoredModelPyfunc(Predictor(model, info, device))
